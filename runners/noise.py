@@ -1,0 +1,46 @@
+"""Per-image randomness: each row of a batch draws its noise from its own seeded torch.Generator."""
+from __future__ import annotations
+
+import torch
+
+_SEED_HIGH = 2**62
+
+
+def derive_seeds(base_seed: int, *keys: torch.Tensor | int) -> torch.Tensor:
+    """Mix a base seed with integer keys (e.g. dataset index, step, sample) into (B,) int64 seeds."""
+    mixed = torch.as_tensor(base_seed, dtype=torch.int64)
+    for key in keys:
+        # splitmix-style mixing in int64 arithmetic (wrap-around is intended)
+        mixed = (mixed * 6364136223846793005 + torch.as_tensor(key, dtype=torch.int64) + 1442695040888963407)
+        mixed = mixed ^ (mixed >> 29)
+    return mixed.abs() % _SEED_HIGH
+
+
+def per_row_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal (B, *shape): row b is drawn from a generator seeded with seeds[b] only."""
+    rows = []
+    for seed in seeds.tolist():
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        rows.append(torch.randn(shape, generator=gen, device=device, dtype=dtype))
+    return torch.stack(rows)
+
+
+class NoiseSource:
+    """Seeds for the rows of a batch: given per image, or fresh per call from one generator."""
+
+    def __init__(self, seed: int, fixed: bool = False) -> None:
+        self.seed = int(seed)
+        self.fixed = bool(fixed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def row_seeds(self, batch_size: int, noise_seeds: torch.Tensor | None) -> torch.Tensor:
+        """(B,) seeds: `noise_seeds` when given, else drawn fresh (or the same every call if fixed)."""
+        if noise_seeds is not None:
+            noise_seeds = torch.as_tensor(noise_seeds, dtype=torch.int64).reshape(-1).cpu()
+            if noise_seeds.numel() != batch_size:
+                raise ValueError(f"noise_seeds has {noise_seeds.numel()} entries for a batch of {batch_size}")
+            return noise_seeds
+        if self.fixed:
+            return derive_seeds(self.seed, torch.arange(batch_size))
+        return torch.randint(_SEED_HIGH, (batch_size,), generator=self._generator, dtype=torch.int64)

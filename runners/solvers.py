@@ -1,0 +1,201 @@
+"""Euler-Maruyama for the reverse VP-SDE: an exact, step-checkpointed backend and a torchsde backend.
+
+Both integrate diffusion time tau from t_star down to t_end on the same grid and consume the same
+standard-normal table z (n_steps, B, C, H, W), so they give the same output for the same noise:
+    x_{k+1} = x_k - h_k [f(x_k, tau_k) - g(tau_k)^2 s(x_k, tau_k)] + g(tau_k) sqrt(h_k) z_k.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torchsde
+from torch import nn
+
+from score_sde.sde import VPSDE
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, float, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Diffusion times tau_0 = t_star > tau_1 > ... > tau_n = t_end, steps of dt (the last may be shorter)."""
+
+    taus: tuple[float, ...]
+
+    @classmethod
+    def reverse(cls, t_star: float, dt: float, t_end: float = 1e-5) -> "TimeGrid":
+        """The grid torchsde's fixed-step Euler walks from tau = t_star to tau = t_end."""
+        if not 0.0 < t_star <= 1.0:
+            raise ValueError(f"t_star must lie in (0, 1], got {t_star}")
+        if not dt > 0.0:
+            raise ValueError(f"dt must be > 0, got {dt}")
+        if not 0.0 <= t_end < t_star:
+            raise ValueError(f"t_end must lie in [0, t_star), got {t_end} with t_star {t_star}")
+        span = t_star - t_end
+        n_steps = max(1, math.ceil(span / dt - 1e-9))
+        taus = [t_star - min(k * dt, span) for k in range(n_steps)] + [t_end]
+        return cls(tuple(taus))
+
+    @property
+    def n_steps(self) -> int:
+        """Number of Euler steps."""
+        return len(self.taus) - 1
+
+    def step(self, k: int) -> tuple[float, float]:
+        """(tau_k, h_k) for step k."""
+        return self.taus[k], self.taus[k] - self.taus[k + 1]
+
+
+def reverse_em_step(sde: VPSDE, score_fn: ScoreFn, x: torch.Tensor, tau: float, h: float,
+                    z: torch.Tensor) -> torch.Tensor:
+    """One Euler-Maruyama step of the reverse SDE from tau to tau - h; x, z (B, C, H, W)."""
+    t = torch.full((x.shape[0],), tau, dtype=x.dtype, device=x.device)
+    drift = sde.reverse_drift(x, t, score_fn(x, t))
+    return x - h * drift + sde.diffusion(torch.tensor(tau, dtype=torch.float64)).item() * math.sqrt(h) * z
+
+
+class _StepCheckpointedSolve(torch.autograd.Function):
+    """Stores only the n states x_k; backward recomputes each step and backpropagates through it."""
+
+    @staticmethod
+    def forward(ctx, x_start: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor],
+                n_steps: int) -> torch.Tensor:
+        states = []
+        x = x_start.detach()
+        for k in range(n_steps):
+            states.append(x)
+            x = step(x, k)
+        ctx.step, ctx.states = step, states
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad = grad_out
+        for k in reversed(range(len(ctx.states))):
+            with torch.enable_grad():
+                x_k = ctx.states[k].detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(ctx.step(x_k, k), x_k, grad)
+        return grad, None, None
+
+
+def solve_exact(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,
+                checkpoint: bool = True, callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Integrate the reverse SDE; backprop gives the exact gradient of the discrete solver.
+
+    With checkpoint=True memory is flat in the number of steps (one step's graph at a time).
+    x_start (B, C, H, W) in [-1, 1], z (n_steps, B, C, H, W) standard normal.
+    """
+    _check_noise(z, x_start, grid)
+
+    def step(x: torch.Tensor, k: int) -> torch.Tensor:
+        tau, h = grid.step(k)
+        x_next = reverse_em_step(sde, score_fn, x, tau, h, z[k])
+        if callback is not None and not torch.is_grad_enabled():
+            callback(k, tau, x_next)
+        return x_next
+
+    if checkpoint and torch.is_grad_enabled() and x_start.requires_grad:
+        return _StepCheckpointedSolve.apply(x_start, step, grid.n_steps)
+    x = x_start
+    for k in range(grid.n_steps):
+        x = step(x, k)
+    return x
+
+
+def _check_noise(z: torch.Tensor, x_start: torch.Tensor, grid: TimeGrid) -> None:
+    """The noise table must be (n_steps, *x_start.shape)."""
+    if tuple(z.shape) != (grid.n_steps, *x_start.shape):
+        raise ValueError(f"noise table has shape {tuple(z.shape)}, expected {(grid.n_steps, *x_start.shape)}")
+
+
+class TabulatedBrownian(torchsde.BaseBrownian):
+    """A Brownian path fixed at grid times s_k by given increments, linear in between (torchsde's bm)."""
+
+    def __init__(self, s_grid: torch.Tensor, increments: torch.Tensor) -> None:
+        self._s = s_grid.to(torch.float64)
+        self._w = torch.cat([torch.zeros_like(increments[:1]), increments.cumsum(0)])
+
+    def _path(self, s: torch.Tensor | float) -> torch.Tensor:
+        s = float(s)
+        k = int(torch.searchsorted(self._s, torch.tensor(s, dtype=torch.float64)).clamp(1, len(self._s) - 1))
+        lo, hi = float(self._s[k - 1]), float(self._s[k])
+        frac = min(max((s - lo) / (hi - lo), 0.0), 1.0)
+        return self._w[k - 1] + frac * (self._w[k] - self._w[k - 1])
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_U or return_A or tb is None:
+            raise ValueError("TabulatedBrownian supports increments W(tb) - W(ta) only (method 'euler')")
+        return self._path(tb) - self._path(ta)
+
+    def __repr__(self) -> str:
+        return f"TabulatedBrownian(n_steps={len(self._s) - 1}, shape={tuple(self.shape)})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._w.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._w.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._w.shape[1:]
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return "none"
+
+
+class ReverseSDEShim(nn.Module):
+    """torchsde's f/g contract for the reverse SDE in solver time s = t_star - tau, state (B, C*H*W)."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, sde: VPSDE, score_fn: ScoreFn, t_star: float, image_shape: tuple[int, ...],
+                 networks: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.sde, self.score_fn = sde, score_fn
+        self.t_star, self.image_shape = t_star, image_shape
+        self.networks = networks  # registered only to reproduce DiffPure's adjoint over network parameters
+
+    def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Drift in solver time: -(f(x, tau) - g(tau)^2 s(x, tau)), flattened."""
+        x = y.view(y.shape[0], *self.image_shape)
+        tau = torch.full((y.shape[0],), self.t_star, dtype=y.dtype, device=y.device) - s
+        return -self.sde.reverse_drift(x, tau, self.score_fn(x, tau)).flatten(1)
+
+    def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Diagonal diffusion sqrt(beta(tau)), shape of y."""
+        return self.sde.diffusion(self.t_star - s).to(y.dtype) * torch.ones_like(y)
+
+
+def solve_torchsde(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,
+                   adjoint: bool = True, networks: Optional[nn.Module] = None) -> torch.Tensor:
+    """Integrate with torchsde (method euler; sdeint_adjoint when gradients are needed).
+
+    networks=None freezes the networks in the adjoint (only the input gradient is integrated);
+    passing the networks reproduces DiffPure's adjoint over all their parameters.
+    """
+    _check_noise(z, x_start, grid)
+    t_star = grid.taus[0]
+    s_grid = torch.tensor([t_star - tau for tau in grid.taus], dtype=torch.float64)
+    steps = torch.tensor([grid.step(k)[1] for k in range(grid.n_steps)], dtype=z.dtype, device=z.device)
+    increments = z.flatten(2) * steps.sqrt().view(-1, 1, 1)
+    bm = TabulatedBrownian(s_grid, increments)
+    shim = ReverseSDEShim(sde, score_fn, t_star, tuple(x_start.shape[1:]), networks)
+    ts = torch.tensor([0.0, t_star - grid.taus[-1]], dtype=x_start.dtype, device=x_start.device)
+    dt = grid.taus[0] - grid.taus[1]
+    y0 = x_start.flatten(1)
+    if adjoint and torch.is_grad_enabled() and x_start.requires_grad:
+        params = None if networks is not None else ()
+        ys = torchsde.sdeint_adjoint(shim, y0, ts, bm=bm, method="euler", adjoint_method="euler", dt=dt,
+                                     adjoint_params=params)
+    else:
+        ys = torchsde.sdeint(shim, y0, ts, bm=bm, method="euler", dt=dt)
+    return ys[-1].view_as(x_start)

@@ -1,0 +1,27 @@
+"""Small deterministic stand-ins shared by the tests: a float64-friendly classifier and Gaussian backbones."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from score_sde.analytic import GaussianBackbone
+from score_sde.sde import VPSDE
+
+
+class TinyClassifier(nn.Module):
+    """Smooth MLP classifier on flattened [0, 1] images (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, in_features: int, num_classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w1 = nn.Parameter(torch.randn(in_features, 16, generator=gen) / in_features**0.5)
+        self.w2 = nn.Parameter(torch.randn(16, num_classes, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(x.flatten(1) @ self.w1.to(x.dtype) * 3.0)
+        return h @ self.w2.to(x.dtype)
+
+
+def gaussian_backbone(mu: float = 0.1, sigma0: float = 0.2) -> GaussianBackbone:
+    """Closed-form VP score of N(mu, sigma0^2) data in [-1, 1] space."""
+    return GaussianBackbone(VPSDE(0.1, 20.0, 1000), mu, sigma0)

@@ -1,0 +1,33 @@
+"""The one place where images move between [0, 1] (classifiers, attacks) and [-1, 1] (diffusion)."""
+from __future__ import annotations
+
+import torch
+
+
+def to_diffusion_space(x01: torch.Tensor) -> torch.Tensor:
+    """Map images (B, C, H, W) in [0, 1] to the diffusion state in [-1, 1]: 2x - 1."""
+    return 2.0 * x01 - 1.0
+
+
+def to_image_space(x: torch.Tensor) -> torch.Tensor:
+    """Map a diffusion state (B, C, H, W) in [-1, 1] to images in [0, 1]: (x + 1) / 2 (no clamp)."""
+    return (x + 1.0) / 2.0
+
+
+def check_images(x: torch.Tensor, channels: int | None = None) -> None:
+    """Raise a one-line ValueError unless x is a finite float (B, C, H, W) batch in [0, 1]."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"expected a float tensor of images, got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')}; convert with .float()")
+    if x.dim() != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got shape {tuple(x.shape)}; "
+                         "add a batch dimension with x.unsqueeze(0)")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"expected {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    x = x.detach()
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or inf; check the input pipeline")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"images must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
+                         "undo any normalisation before the defense")
