@@ -1,0 +1,163 @@
+"""Purification cost on CPU: solver overhead over the bare networks, input-gradient time per backend, and
+peak memory of a gradient versus the number of steps. Prints ratios measured in this one run.
+
+    python benchmarks/bench_purification.py [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from classifiers.wide_resnet import wide_resnet  # noqa: E402
+from runners.purifiers import DiffusionPurifier, PurifierConfig  # noqa: E402
+from score_sde import NCSNpp, ScoreSDEBackbone, VPSDE  # noqa: E402
+from score_sde.config import NCSNppConfig  # noqa: E402
+from utils.config import from_dict, read_yaml  # noqa: E402
+from utils.images import to_image_space  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yml"
+logger = logging.getLogger("bench")
+
+
+def build(config: PurifierConfig) -> DiffusionPurifier:
+    """Tiny NCSN++ (the reference config, random weights from seed 0) + WRN-16-2 guidance classifier."""
+    torch.manual_seed(0)
+    model_cfg = from_dict(NCSNppConfig, read_yaml(TINY)["backbone"]["model"], "backbone.model")
+    backbone = ScoreSDEBackbone(NCSNpp(model_cfg).eval(), VPSDE(0.1, 20.0, 1000))
+    classifier = wide_resnet(16, 2, in_channels=3, num_classes=10, seed=0).eval()
+    return DiffusionPurifier(backbone, config, classifier)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of fn over repeats (after one warm-up call), in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bare_step(purifier: DiffusionPurifier, x: torch.Tensor) -> Callable[[], object]:
+    """What one guided step must cost at least: score forward + classifier forward/backward."""
+    t = torch.full((x.shape[0],), 0.05)
+    x_d = x * 2 - 1
+
+    def run() -> None:
+        with torch.no_grad():
+            purifier.backbone(x_d, t)
+        x_in = x_d.clone().requires_grad_(True)
+        logp = torch.log_softmax(purifier.guidance_classifier(to_image_space(x_in)), 1).max(1).values.sum()
+        torch.autograd.grad(logp, x_in)
+
+    return run
+
+
+def gradient(purifier: DiffusionPurifier, x: torch.Tensor) -> Callable[[], object]:
+    """One input gradient of sum(purified) through the whole solver."""
+
+    def run() -> None:
+        x_req = x.clone().requires_grad_(True)
+        torch.autograd.grad(purifier(x_req).sum(), x_req)
+
+    return run
+
+
+def step_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Seconds per purification step for both backends and for the bare networks."""
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for backend in ("exact", "torchsde"):
+        purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, backend=backend, t_end=0.0))
+        with torch.no_grad():
+            out[backend] = timed(lambda: purifier(x), repeats) / steps
+    out["bare"] = timed(bare_step(build(PurifierConfig(name="coup")), x), repeats)
+    return out
+
+
+def gradient_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Seconds per input gradient: exact vs torchsde adjoint (frozen nets), detached and full, and DiffPure-style."""
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    settings = {
+        "exact/detached": dict(backend="exact", grad_mode="detached"),
+        "exact/full": dict(backend="exact", grad_mode="full"),
+        "adjoint/detached": dict(backend="torchsde", grad_mode="detached"),
+        "adjoint/full": dict(backend="torchsde", grad_mode="full"),
+        "adjoint/detached+net params (DiffPure-style)": dict(backend="torchsde", grad_mode="detached",
+                                                             adjoint_over_networks=True),
+    }
+    return {name: timed(gradient(build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, **kw)), x),
+                        repeats) for name, kw in settings.items()}
+
+
+def peak_memory_child(steps: int, checkpoint: bool) -> None:
+    """(Child process) print the peak RSS growth in MiB of one gradient at `steps` steps."""
+    purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, checkpoint=checkpoint))
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        purifier(x[:1])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gradient(purifier, x)()
+    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+
+
+def peak_memory(steps: int, checkpoint: bool) -> float:
+    """Peak RSS growth (MiB) of one batch-8 gradient, measured in a fresh process."""
+    cmd = [sys.executable, __file__, "--child-memory", str(steps), "--checkpoint", str(int(checkpoint))]
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def report(repeats: int) -> None:
+    """Run every measurement and log the table with its ratios and targets."""
+    torch.set_num_threads(2)
+    lines = ["| measurement | batch 1 | batch 8 |", "|---|---|---|"]
+    steps = {b: step_times(b, 10, repeats) for b in (1, 8)}
+    for key in ("bare", "exact", "torchsde"):
+        lines.append(f"| s per step: {key} | {steps[1][key]*1e3:.1f} ms | {steps[8][key]*1e3:.1f} ms |")
+    overhead = {b: steps[b]["exact"] / steps[b]["bare"] - 1 for b in (1, 8)}
+    lines.append(f"| exact-backend overhead over bare networks | {overhead[1]:+.1%} | {overhead[8]:+.1%} |")
+    grads = {b: gradient_times(b, 10, repeats) for b in (1, 8)}
+    for key in grads[1]:
+        lines.append(f"| s per gradient (10 steps): {key} | {grads[1][key]:.3f} | {grads[8][key]:.3f} |")
+    for mode in ("detached", "full"):
+        ratio = {b: grads[b][f"adjoint/{mode}"] / grads[b][f"exact/{mode}"] for b in (1, 8)}
+        lines.append(f"| speed-up exact vs adjoint ({mode}) | {ratio[1]:.2f}x | {ratio[8]:.2f}x |")
+    diffpure = {b: grads[b]["adjoint/detached+net params (DiffPure-style)"] / grads[b]["exact/detached"]
+                for b in (1, 8)}
+    lines.append(f"| speed-up exact vs DiffPure-style adjoint | {diffpure[1]:.2f}x | {diffpure[8]:.2f}x |")
+    mem = {(s, c): peak_memory(s, c) for s in (25, 100) for c in (True, False)}
+    lines.append(f"| peak MiB of a batch-8 gradient, 25 / 100 steps, checkpointed | {mem[25, True]:.0f} | "
+                 f"{mem[100, True]:.0f} (ratio {mem[100, True] / mem[25, True]:.2f}) |")
+    lines.append(f"| same, plain backprop (no checkpoint) | {mem[25, False]:.0f} | "
+                 f"{mem[100, False]:.0f} (ratio {mem[100, False] / mem[25, False]:.2f}) |")
+    print("\n".join(lines))  # the benchmark's output is its table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.child_memory:
+        peak_memory_child(args.child_memory, bool(args.checkpoint))
+    else:
+        report(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
