@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +12,9 @@ from guided_diffusion.schedules import (ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR
 from guided_diffusion.unet import UNetConfig, UNetModel
 from score_sde.adapter import VPBackbone
 from score_sde.sde import VPSDE
+from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not match the network's architecture."""
 
 
 @dataclass(frozen=True)
@@ -105,40 +101,12 @@ def _checkpoint_hint(path: Path) -> str:
     return f"download {known.url} to {known.expected_path}"
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load(path, weights_only=True) on CPU; one-line errors for missing, unreadable or non-state_dict files."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; {_checkpoint_hint(path)}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"cannot read {path} ({reason}); the file may be truncated or corrupt: "
-                              f"{_checkpoint_hint(path)}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a plain state_dict (a mapping of names to tensors)")
-    return state
-
-
-def _architecture_mismatch(net: UNetModel, state: dict[str, torch.Tensor]) -> str | None:
-    """A one-line description of missing/unexpected keys and shape differences, or None if they all match."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    problems = [f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape differences (file vs config)", shapes)) if items]
-    return "; ".join(problems) or None
-
-
 def load_unet(config: UNetConfig, path: str | Path) -> UNetModel:
     """Build UNetModel(config) in eval mode and load the plain state_dict at `path` with strict=True."""
     path = Path(path)
-    state = _read_state_dict(path)
+    state = tensor_dict(read_checkpoint(path, _checkpoint_hint(path)), path, "the file (a plain state_dict)")
     net = UNetModel(config)
-    mismatch = _architecture_mismatch(net, state)
+    mismatch = describe_mismatch(net.state_dict(), state)
     if mismatch:
         raise CheckpointError(f"{path} does not match the UNet config: {mismatch}; check model_channels, "
                               "channel_mult, num_res_blocks, attention_resolutions and resblock_updown")

@@ -1,7 +1,9 @@
 """The defended model (purifier then classifier, a plain logits model), the purifier registry, and EOT."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -9,34 +11,57 @@ from torch import nn
 from runners.noise import derive_seeds
 from runners.purifiers import DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig
 from score_sde.adapter import VPBackbone
+from utils.config import from_dict
 from utils.registry import Registry
 
-BackboneFactory = Callable[[], VPBackbone]
 
-PURIFIERS: Registry[Purifier] = Registry("purifier")
+@dataclass(frozen=True)
+class PurifierContext:
+    """What a purifier may be built from: a lazy backbone, the classifiers, the config file's folder."""
 
-
-@PURIFIERS.register("none")
-def _no_defense(config: PurifierConfig, backbone: BackboneFactory,
-                guidance_classifier: Optional[nn.Module]) -> Purifier:
-    """The undefended classifier."""
-    return IdentityPurifier()
-
-
-def _diffusion(config: PurifierConfig, backbone: BackboneFactory,
-               guidance_classifier: Optional[nn.Module]) -> Purifier:
-    """COUP, DiffPure or reverse-only, according to the preset of config.name."""
-    return DiffusionPurifier(backbone(), config, guidance_classifier)
+    backbone: Callable[[], VPBackbone]
+    classifier: nn.Module
+    guidance_classifier: Optional[nn.Module] = None
+    base_dir: Path = Path(".")
 
 
+@dataclass(frozen=True)
+class NoDefenseConfig:
+    """YAML `purifier: {name: none}`."""
+
+    name: str = "none"
+
+
+@dataclass(frozen=True)
+class PurifierSpec:
+    """A purifier kind: the dataclass its YAML section is read into, and its constructor."""
+
+    config_type: type
+    build: Callable[[Any, PurifierContext], Purifier]
+
+
+def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
+    """COUP, DiffPure or reverse-only (the preset of config.name); guidance by the guidance classifier."""
+    guidance = context.guidance_classifier if context.guidance_classifier is not None else context.classifier
+    return DiffusionPurifier(context.backbone(), config, guidance)
+
+
+PURIFIERS: Registry[PurifierSpec] = Registry("purifier")
+PURIFIERS.register("none")(PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier()))
 for _name in ("coup", "diffpure", "reverse_only"):
-    PURIFIERS.register(_name)(_diffusion)
+    PURIFIERS.register(_name)(PurifierSpec(PurifierConfig, _diffusion))
 
 
-def build_purifier(config: PurifierConfig, backbone: BackboneFactory,
-                   guidance_classifier: Optional[nn.Module] = None) -> Purifier:
+def parse_purifier_config(raw: dict[str, Any]) -> Any:
+    """Read YAML `purifier:` into the config dataclass of the named kind (validated)."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ValueError(f"purifier: needs a 'name' (one of {', '.join(PURIFIERS.names())})")
+    return from_dict(PURIFIERS.get(raw["name"]).config_type, raw, "purifier")
+
+
+def build_purifier(config: Any, context: PurifierContext) -> Purifier:
     """Build the purifier named in config; the backbone is only loaded if the method needs one."""
-    return PURIFIERS.build(config.name, config, backbone, guidance_classifier)
+    return PURIFIERS.get(config.name).build(config, context)
 
 
 class DefendedClassifier(nn.Module):

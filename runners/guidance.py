@@ -1,6 +1,7 @@
 """Classifier guidance as a score wrapper: s(x, t) + lambda * grad_x log p(yhat | x) (COUP, eq. 7)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import torch
@@ -14,26 +15,34 @@ LabelMode = Literal["argmax", "input", "given"]
 GradMode = Literal["detached", "full"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-LabelRule = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How yhat is chosen: `path` fixes labels once per purification, `step` picks them at each x_t."""
+
+    path: Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor]], Optional[torch.Tensor]]
+    step: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def _given_labels(classifier: nn.Module, x01: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """The caller's labels (analyses only)."""
+    if labels is None:
+        raise ValueError("label_mode 'given' needs labels=... in the purifier call")
+    return labels
+
+
+@torch.no_grad()
+def _input_prediction(classifier: nn.Module, x01: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """The classifier's prediction on the purifier's input (B,)."""
+    return classifier(x01).argmax(dim=1)
+
 
 LABEL_RULES: Registry[LabelRule] = Registry("guidance label mode")
-
-
-@LABEL_RULES.register("argmax")
-def _argmax_label(logits: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
-    """yhat = argmax p(y | x_t), recomputed at every step (as released)."""
-    return logits.argmax(dim=1)
-
-
-def _fixed_label(logits: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
-    """yhat fixed for the whole path: the prediction on the input, or a given label."""
-    if fixed is None:
-        raise ValueError("this guidance label mode needs labels; pass them to the purifier")
-    return fixed
-
-
-LABEL_RULES.register("input")(_fixed_label)
-LABEL_RULES.register("given")(_fixed_label)
+LABEL_RULES.register("argmax")(LabelRule(path=lambda classifier, x01, labels: None,
+                                         step=lambda logits, fixed: logits.argmax(dim=1)))
+LABEL_RULES.register("input")(LabelRule(path=_input_prediction, step=lambda logits, fixed: fixed))
+LABEL_RULES.register("given")(LabelRule(path=_given_labels, step=lambda logits, fixed: fixed))
 
 
 def log_prob_gradient(classifier: nn.Module, x: torch.Tensor, grad_mode: GradMode,
@@ -47,7 +56,7 @@ def log_prob_gradient(classifier: nn.Module, x: torch.Tensor, grad_mode: GradMod
     with torch.enable_grad():
         x_in = x if keep_graph else x.detach().requires_grad_(True)
         logits = classifier(to_image_space(x_in))
-        labels = LABEL_RULES.get(label_mode)(logits.detach(), fixed_labels)
+        labels = LABEL_RULES.get(label_mode).step(logits.detach(), fixed_labels)
         log_p = F.log_softmax(logits, dim=1).gather(1, labels.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(log_p, x_in, create_graph=keep_graph)
     return grad
@@ -65,6 +74,12 @@ class GuidedScore:
             raise ValueError(f"grad_mode must be 'detached' or 'full', got {grad_mode!r}")
         self.score_fn, self.classifier = score_fn, classifier
         self.guidance_scale, self.label_mode, self.grad_mode = float(guidance_scale), label_mode, grad_mode
+
+    def path_labels(self, x01: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Labels fixed for a whole purification of x01 (B, C, H, W) in [0, 1], or None (label_mode 'argmax')."""
+        if self.guidance_scale == 0.0:
+            return None
+        return LABEL_RULES.get(self.label_mode).path(self.classifier, x01, labels)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor,
                  labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -135,22 +135,11 @@ class DiffusionPurifier(Purifier):
         x_start = to_diffusion_space(x)
         if self.config.forward_noise:
             x_start = math.sqrt(self.alpha_bar) * x_start + math.sqrt(1.0 - self.alpha_bar) * z[0]
-        labels = self._path_labels(x, labels)
+        labels = self.guided.path_labels(x, labels)
         x_out = BACKENDS.get(self.config.backend)(self, lambda x_t, t: self.guided(x_t, t, labels), x_start, z[1:])
         if self.config.clamp_output:
             x_out = x_out.clamp(-1.0, 1.0)
         return to_image_space(x_out)
-
-    def _path_labels(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Labels fixed for the whole path: the prediction on the input ('input') or given ('given')."""
-        if self.config.guidance_scale == 0.0 or self.config.label_mode == "argmax":
-            return None
-        if self.config.label_mode == "given":
-            if labels is None:
-                raise ValueError("label_mode 'given' needs labels=... in the purifier call")
-            return labels
-        with torch.no_grad():
-            return self.guidance_classifier(x).argmax(dim=1)
 
     def solve_exact(self, score_fn, x_start: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The exact, step-checkpointed Euler-Maruyama backend."""

@@ -222,5 +222,5 @@ def test_architecture_mismatch_lists_keys_and_shapes():
     adm_weights = DATA / "adm_tiny" / "model.pt"
     with pytest.raises(CheckpointError, match="missing keys.*op.weight.*unexpected keys"):
         load_unet(tiny_config("improved_diffusion_tiny"), adm_weights)
-    with pytest.raises(CheckpointError, match=r"shape differences.*time_embed.0.weight \(128, 32\) vs \(256, 64\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches.*time_embed.0.weight: \(128, 32\) vs \(256, 64\)"):
         load_unet(tiny_config("adm_tiny", model_channels=64, num_head_channels=32), adm_weights)

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from runners.defended import DefendedClassifier, build_purifier, eot_logits
+from runners.defended import DefendedClassifier, PurifierContext, build_purifier, eot_logits, parse_purifier_config
 from runners.guidance import GuidedScore
 from runners.purifiers import DiffusionPurifier, PurifierConfig
 from runners.solvers import solve_exact
@@ -166,7 +166,8 @@ def test_bad_settings_raise_clear_errors(field, value):
 
 
 def test_defended_classifier_and_eot_are_plain_logits_models():
-    purifier = build_purifier(PurifierConfig(name="reverse_only", t_star=0.05, dt=1e-2), gaussian_backbone)
+    context = PurifierContext(backbone=gaussian_backbone, classifier=TinyClassifier(4))
+    purifier = build_purifier(parse_purifier_config({"name": "reverse_only", "t_star": 0.05, "dt": 0.01}), context)
     model = DefendedClassifier(purifier, TinyClassifier(4))
     x = _images(3)
     assert model(x).shape == (3, 3)
@@ -174,4 +175,25 @@ def test_defended_classifier_and_eot_are_plain_logits_models():
     assert logits.shape == (4, 3, 3)
     again = eot_logits(model, x, 4, noise_seeds=torch.tensor([1, 2, 3]))
     assert torch.equal(logits, again) and not torch.equal(logits[0], logits[1])
-    assert torch.equal(build_purifier(PurifierConfig(name="none"), gaussian_backbone)(x), x)
+    assert torch.equal(build_purifier(parse_purifier_config({"name": "none"}), context)(x), x)
+
+
+def test_unknown_purifier_lists_valid_names():
+    with pytest.raises(KeyError, match="valid names: coup, diffpure, none, reverse_only"):
+        parse_purifier_config({"name": "diffpur"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_purifier_config({"name": "coup", "lambda": 1.0})
+
+
+def test_label_modes_input_and_given_agree_and_given_needs_labels():
+    x, seeds = _images(3), torch.tensor([1, 2, 3])
+    by_input = _purifier("coup", label_mode="input")
+    predicted = by_input.guidance_classifier(x).argmax(1)
+    given = _purifier("coup", label_mode="given")
+    assert torch.equal(by_input(x, seeds), given(x, seeds, labels=predicted))
+    other = (predicted + 1) % 3
+    assert not torch.equal(given(x, seeds, labels=other), given(x, seeds, labels=predicted))
+    with pytest.raises(ValueError, match="needs labels"):
+        given(x, seeds)
+    with pytest.raises(KeyError, match="valid names: argmax, given, input"):
+        _purifier("coup", label_mode="argmx")

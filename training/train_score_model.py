@@ -172,11 +172,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Train the NCSN++ score model (VP-SDE DSM loss).")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--steps", type=int, help="override train.steps")
+    parser.add_argument("--threads", type=int, help="override train.num_threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     raw = read_yaml(args.config)
     if args.steps is not None:
         raw.setdefault("train", {})["steps"] = args.steps
+    if args.threads is not None:
+        raw.setdefault("train", {})["num_threads"] = args.threads
     cfg = from_dict(ScoreTrainingFile, raw, str(args.config))
     result = train(cfg, args.config.resolve().parent)
     write_card(cfg, args.config.resolve().parent, args.config, result)
