@@ -1,0 +1,1 @@
+from runners import aid  # noqa: F401  (registers purifier 'aid' in runners.defended.PURIFIERS)

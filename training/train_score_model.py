@@ -62,6 +62,11 @@ class ScoreTrainingFile:
     train: ScoreTrainConfig
 
 
+def ema_decay(decay: float, num_updates: int) -> float:
+    """The official EMA warm-up: min(decay, (1 + n) / (10 + n)), so early averages forget the random init."""
+    return min(decay, (1.0 + num_updates) / (10.0 + num_updates))
+
+
 def dsm_loss(backbone: ScoreSDEBackbone, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """E ||eps(x_t, t) - z||^2 with x_t = alpha(t) x0 + sigma(t) z: the DSM loss with lambda(t) = sigma(t)^2."""
     mean, std = backbone.sde.marginal_prob(x0, t)
@@ -142,7 +147,7 @@ def train(cfg: ScoreTrainingFile, base_dir: Path) -> dict[str, float]:
             group["lr"] = cfg.train.lr * min(1.0, (step + 1) / cfg.train.warmup_steps)
         optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema, list(net.parameters()), 1.0 - cfg.train.ema_decay)
+            torch._foreach_lerp_(ema, list(net.parameters()), 1.0 - ema_decay(cfg.train.ema_decay, step + 1))
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % cfg.train.log_every == 0:

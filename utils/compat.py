@@ -52,6 +52,7 @@ def import_robustbench() -> ModuleType:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Importing from timm", category=DeprecationWarning)
         robustbench = importlib.import_module("robustbench")
         importlib.import_module("robustbench.utils")
     return robustbench

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from torch import nn
@@ -15,6 +15,7 @@ from runners.backbones import BackboneConfig, build_backbone, parse_backbone_mod
 from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
 from utils.config import ConfigError, from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig
+import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,20 @@ class ExperimentFile:
     eval: EvalConfig = EvalConfig()
 
 
+AttackTarget = Literal["defended", "classifier"]
+
+
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of the experiment: its registry name and typed config."""
+    """One attack: its registry name, typed config, and the model it is crafted on.
+
+    target 'defended' is the adaptive setting; 'classifier' crafts x_adv on the bare classifier and
+    scores it on the defended model (the non-adaptive, transfer setting).
+    """
 
     name: str
     config: Any
+    target: AttackTarget = "defended"
 
 
 @dataclass(frozen=True)
@@ -64,17 +73,22 @@ class Experiment:
         """The resolved config as plain data (saved with every result)."""
         out = to_dict(self.file)
         out["purifier"] = to_dict(self.purifier)
-        out["attacks"] = [{"name": a.name, **to_dict(a.config)} for a in self.attacks]
+        out["attacks"] = [{"name": a.name, "target": a.target, **to_dict(a.config)} for a in self.attacks]
         return out
 
 
 def set_override(raw: Any, dotted: str, value: Any) -> None:
-    """Set raw['a']['b'] = value for 'a.b'; 'attacks.*.eps' sets the key in every attack entry."""
+    """Set raw['a']['b'] = value for 'a.b'; 'attacks.*.eps' sets it in every attack entry, 'attacks.0.eps' in one."""
     head, _, rest = dotted.partition(".")
     if head == "*":
         require(isinstance(raw, list) and bool(rest), f"override {dotted}: '*' must stand for a list's entries")
         for entry in raw:
             set_override(entry, rest, value)
+        return
+    if isinstance(raw, list):
+        require(head.isdigit() and int(head) < len(raw) and bool(rest),
+                f"override {dotted}: '{head}' must be an entry number below {len(raw)} followed by a key")
+        set_override(raw[int(head)], rest, value)
         return
     require(isinstance(raw, dict), f"override {dotted}: '{head}' is not inside a section")
     if rest:
@@ -92,8 +106,11 @@ def parse_experiment(raw: dict[str, Any], base_dir: Path, where: str = "config")
     attacks = []
     for i, entry in enumerate(file.attacks):
         require(isinstance(entry, dict) and "name" in entry, f"{where}.attacks[{i}]: needs a 'name'")
-        params = {k: v for k, v in entry.items() if k != "name"}
-        attacks.append(AttackSpec(entry["name"], attack_config(entry["name"], params)))
+        target = entry.get("target", "defended")
+        require(target in get_args(AttackTarget),
+                f"{where}.attacks[{i}].target: {target!r} is not one of {list(get_args(AttackTarget))}")
+        params = {k: v for k, v in entry.items() if k not in ("name", "target")}
+        attacks.append(AttackSpec(entry["name"], attack_config(entry["name"], params), target))
     return Experiment(file, purifier, tuple(attacks), base_dir)
 
 

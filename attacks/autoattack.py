@@ -1,0 +1,90 @@
+"""AutoAttack (pyautoattack): 'standard' (apgd-ce, apgd-t, fab-t, square) or 'rand' (apgd-ce, apgd-dlr, EOT 20)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional
+
+import torch
+from torch import nn
+
+from attacks.checks import recorded_flags
+from attacks.common import AttackOutput, score_samples
+from attacks.registry import ATTACKS, check_attack_inputs
+from utils.compat import autoattack_class, reset_dynamic_check
+from utils.config import from_dict, require
+
+DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}
+# the checks run_standard_evaluation runs for each version (check_randomized is skipped for 'rand')
+CHECKS_RUN = {
+    "standard": ("check_randomized", "check_range_output", "check_dynamic", "check_n_classes",
+                 "check_zero_gradients", "check_square_sr"),
+    "rand": ("check_range_output", "check_dynamic", "check_n_classes", "check_zero_gradients", "check_square_sr"),
+}
+# optional budget fields (None: the version's own value) -> the AutoAttack sub-attacks whose attribute they set
+BUDGET_TARGETS = {"n_iter": ("apgd", "apgd_targeted", "fab"), "n_queries": ("square",), "eot_iter": ("apgd",)}
+
+
+@dataclass(frozen=True)
+class AutoAttackConfig:
+    """AutoAttack with a fixed version, norm and eps; always seeded, never a custom attack list."""
+
+    version: Literal["standard", "rand"] = "standard"
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
+    batch_size: Optional[int] = None  # AutoAttack's internal batch size; None: the whole input at once
+    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores of x_adv
+    n_iter: Optional[int] = None  # APGD / APGD-T / FAB iterations (None: 100); cut only for tests and smoke runs
+    n_queries: Optional[int] = None  # Square queries (None: 5000)
+    eot_iter: Optional[int] = None  # APGD EOT samples (None: 1, or 20 for 'rand')
+
+    def __post_init__(self) -> None:
+        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
+        for budget in BUDGET_TARGETS:
+            value = getattr(self, budget)
+            require(value is None or value >= 1, f"attack.{budget} must be >= 1 or null, got {value}")
+        require(self.batch_size is None or self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
+        require(self.eval_samples >= 1, f"attack.eval_samples must be >= 1, got {self.eval_samples}")
+
+    @property
+    def radius(self) -> float:
+        """The perturbation budget eps."""
+        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
+
+
+class AutoAttackEval:
+    """Runs AutoAttack's run_standard_evaluation (with its sanity checks) and rescores x_adv three ways."""
+
+    name = "autoattack"
+    config_class: type = AutoAttackConfig
+
+    def __init__(self, config: Mapping[str, Any] | AutoAttackConfig | None = None) -> None:
+        self.config = from_dict(AutoAttackConfig, {} if config is None else config, f"attack ({self.name})")
+
+    def adversary(self, model: nn.Module, seed: int, device: torch.device) -> Any:
+        """pyautoattack.AutoAttack with an explicit seed and version (no custom attack list), budgets as configured."""
+        adversary = autoattack_class()(model, norm=self.config.norm, eps=self.config.radius,
+                                       version=self.config.version, seed=int(seed), device=device)
+        for budget, parts in BUDGET_TARGETS.items():
+            value = getattr(self.config, budget)
+            for part in parts if value is not None else ():
+                setattr(getattr(adversary, part), budget, value)
+        return adversary
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
+            seed: int) -> AttackOutput:
+        """Attack x (B, C, H, W) in [0, 1]; scores 'autoattack' (its own) plus single / vote / worst over x_adv."""
+        check_attack_inputs(x, y, indices)
+        adversary = self.adversary(model, seed, x.device)
+        batch_size = self.config.batch_size or x.shape[0]
+        # AutoAttack reseeds the global torch RNG; fork it so the caller's state is untouched
+        with recorded_flags() as raised, torch.random.fork_rng(devices=[] if x.device.type == "cpu" else None):
+            reset_dynamic_check()
+            x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
+        predictions["autoattack"], correct["autoattack"] = y_adv, y_adv == y
+        flags = {name: raised.get(name) for name in CHECKS_RUN[self.config.version]}
+        flags.update(raised)
+        return AttackOutput(x_adv.detach(), predictions, correct, flags)
+
+
+ATTACKS.register(AutoAttackEval.name)(AutoAttackEval)

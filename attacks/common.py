@@ -1,0 +1,98 @@
+"""What every attack shares: its output, per-image seeds, calling a model with noise seeds, and scoring."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+# stage tags mixed into per-image seeds, so start noise, attack noise and scoring noise never coincide
+STAGE_START, STAGE_ATTACK, STAGE_SCORE = 0, 1, 2
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass
+class AttackOutput:
+    """x_adv (N, C, H, W) in [0, 1]; per scoring rule, predictions (N,) int64 and correct (N,) bool; check flags."""
+
+    x_adv: torch.Tensor
+    predictions: dict[str, torch.Tensor]
+    correct: dict[str, torch.Tensor]
+    flags: dict[str, Optional[str]] = field(default_factory=dict)
+
+    def accuracy(self) -> dict[str, float]:
+        """Robust accuracy in [0, 1] under each scoring rule."""
+        return {name: float(hits.float().mean()) for name, hits in self.correct.items()}
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrap-around arithmetic): a well-mixed 64-bit hash."""
+    z = (z + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_MASK64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def derive_seeds(seed: int, indices: torch.Tensor, *keys: int) -> torch.Tensor:
+    """(B,) int64 seeds in [0, 2^63), a hash of (seed, dataset index, *keys) per image: independent of batching."""
+    index = np.asarray(indices.detach().cpu(), dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(np.full(index.shape, seed & _MASK64, dtype=np.uint64))
+        for part in (index, *(np.full(index.shape, key & _MASK64, dtype=np.uint64) for key in keys)):
+            mixed = _splitmix64(mixed ^ part)
+    return torch.from_numpy((mixed >> np.uint64(1)).astype(np.int64))
+
+
+def accepts_noise_seeds(model: nn.Module) -> bool:
+    """Whether model.forward takes a `noise_seeds` argument (per-row seeded randomness)."""
+    return "noise_seeds" in inspect.signature(model.forward).parameters
+
+
+def seeded_call(model: nn.Module) -> LogitsFn:
+    """f(x, noise_seeds) -> model output: passes the seeds when the model accepts them, else ignores them."""
+    if accepts_noise_seeds(model):
+        return lambda x, noise_seeds: model(x, noise_seeds=noise_seeds)
+    return lambda x, noise_seeds: model(x)
+
+
+def repeat_seeds(seed: int, indices: torch.Tensor, stage: int, step: int, samples: int) -> torch.Tensor:
+    """(K * B,) seeds for x repeated K times along the batch: row k * B + b gets (seed, index_b, stage, step, k)."""
+    return torch.cat([derive_seeds(seed, indices, stage, step, k) for k in range(samples)])
+
+
+def per_row(seeds: torch.Tensor, draw: Callable[[torch.Generator], torch.Tensor],
+            device: torch.device) -> torch.Tensor:
+    """Stack draw(generator_b) over rows, generator_b a torch.Generator seeded with seeds[b] only: (B, ...)."""
+    return torch.stack([draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]).to(device)
+
+
+def majority_vote(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B,) most frequent label over predictions (K, B); ties go to the smallest label."""
+    counts = nn.functional.one_hot(predictions, num_classes).sum(dim=0)
+    return counts.argmax(dim=-1)
+
+
+@torch.no_grad()
+def score_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, seed: int,
+                  n_samples: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Predictions and correctness of x (B, C, H, W) under n_samples stochastic forwards, three ways.
+
+    'single': the first forward; 'vote': the majority over all n_samples; 'worst': correct only if every
+    forward is correct (its prediction is the first wrong label, or y). Sample k of image b uses
+    the noise seed (seed, index_b, STAGE_SCORE, 0, k) when the model accepts noise_seeds.
+    """
+    forward = seeded_call(model)
+    logits = [forward(x, derive_seeds(seed, indices, STAGE_SCORE, 0, k).to(x.device)) for k in range(n_samples)]
+    predictions = torch.stack([out.argmax(dim=-1) for out in logits])
+    hits = predictions == y.unsqueeze(0)
+    all_correct = hits.all(dim=0)
+    first_wrong = predictions.gather(0, (~hits).int().argmax(dim=0, keepdim=True)).squeeze(0)
+    vote = majority_vote(predictions, logits[0].shape[-1])
+    chosen = {"single": predictions[0], "vote": vote, "worst": torch.where(all_correct, y, first_wrong)}
+    correct = {"single": hits[0], "vote": vote == y, "worst": all_correct}
+    return chosen, correct

@@ -1,0 +1,200 @@
+"""PGD with EOT on the defended model: exact gradients ('pgd_eot') or BPDA straight-through gradients ('bpda_eot')."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from attacks.checks import check_zero_gradients, run_sanity_checks
+from attacks.common import (STAGE_ATTACK, STAGE_START, AttackOutput, LogitsFn, derive_seeds, per_row,
+                            repeat_seeds, score_samples, seeded_call)
+from attacks.registry import ATTACKS, check_attack_inputs
+from utils.config import from_dict, require
+
+Norm = Literal["Linf", "L2"]
+DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}
+# the step size 0.007 at Linf eps 8/255 as a fraction of eps, used for any norm and eps by default
+STEP_FRACTION = 0.007 / (8.0 / 255.0)
+
+
+@dataclass(frozen=True)
+class PGDEOTConfig:
+    """PGD-EOT: `iterations` steps, each on the CE loss averaged over `eot_samples` forwards of one batched call."""
+
+    norm: Norm = "Linf"
+    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
+    iterations: int = 200
+    eot_samples: int = 20
+    step_size: Optional[float] = None  # None: STEP_FRACTION * eps (0.007 at Linf 8/255)
+    random_start: bool = True
+    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores
+    sanity_checks: bool = True  # AutoAttack's checks once per run() call, and the zero-gradient check
+
+    def __post_init__(self) -> None:
+        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
+        require(self.step_size is None or self.step_size > 0, f"attack.step_size must be > 0, got {self.step_size}")
+        require(self.iterations >= 1, f"attack.iterations must be >= 1, got {self.iterations}")
+        require(self.eot_samples >= 1, f"attack.eot_samples must be >= 1, got {self.eot_samples}")
+        require(self.eval_samples >= 1, f"attack.eval_samples must be >= 1, got {self.eval_samples}")
+
+    @property
+    def radius(self) -> float:
+        """The perturbation budget eps."""
+        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
+
+    @property
+    def alpha(self) -> float:
+        """The step size."""
+        return STEP_FRACTION * self.radius if self.step_size is None else self.step_size
+
+
+@dataclass(frozen=True)
+class BPDAEOTConfig(PGDEOTConfig):
+    """BPDA+EOT PGD-20 (COUP Table 3): as PGDEOTConfig with 20 iterations by default."""
+
+    iterations: int = 20
+
+
+def _row_norm(v: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each row of v (B, ...), shaped (B, 1, ..., 1) for broadcasting."""
+    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+class LinfBall:
+    """Linf geometry: sign steps, coordinate-wise clipping of the perturbation."""
+
+    @staticmethod
+    def start(shape: tuple[int, ...], eps: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """A perturbation uniform in the Linf ball, shape `shape`."""
+        return (2.0 * torch.rand(shape, generator=generator, dtype=dtype) - 1.0) * eps
+
+    @staticmethod
+    def step(grad: torch.Tensor, alpha: float) -> torch.Tensor:
+        """alpha * sign(grad)."""
+        return alpha * grad.sign()
+
+    @staticmethod
+    def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """delta clipped to [-eps, eps]."""
+        return delta.clamp(-eps, eps)
+
+
+class L2Ball:
+    """L2 geometry: normalised-gradient steps, radial projection of the perturbation."""
+
+    @staticmethod
+    def start(shape: tuple[int, ...], eps: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """A random direction times a radius uniform in [0, eps], shape `shape`."""
+        direction = torch.randn(shape, generator=generator, dtype=dtype)
+        return direction / direction.norm().clamp_min(1e-12) * eps * torch.rand((), generator=generator, dtype=dtype)
+
+    @staticmethod
+    def step(grad: torch.Tensor, alpha: float) -> torch.Tensor:
+        """alpha * grad / ||grad||_2 per row."""
+        return alpha * grad / _row_norm(grad).clamp_min(1e-12)
+
+    @staticmethod
+    def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """delta scaled down per row onto the L2 ball of radius eps when outside it."""
+        return delta * (eps / _row_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+
+
+BALLS: dict[str, type] = {"Linf": LinfBall, "L2": L2Ball}
+
+
+def eot_gradient(forward: LogitsFn, x: torch.Tensor, y: torch.Tensor, samples: int,
+                 noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
+    """grad_x of sum_b (1/K) sum_k CE(forward(x; xi_k)_b, y_b) for x (B, C, H, W); the K samples are ONE call.
+
+    x is repeated K times along the batch (row k * B + b is image b, sample k) with noise_seeds (K * B,).
+    """
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        logits = forward(x_in.repeat(samples, *([1] * (x.dim() - 1))), noise_seeds)
+        loss = F.cross_entropy(logits, y.repeat(samples), reduction="sum") / samples
+        (grad,) = torch.autograd.grad(loss, x_in)
+    return grad
+
+
+def straight_through(model: nn.Module) -> LogitsFn:
+    """BPDA: logits = classifier(x + (purifier(x) - x).detach()), so the purifier's backward is the identity."""
+    purifier, classifier = getattr(model, "purifier", None), getattr(model, "classifier", None)
+    if not isinstance(purifier, nn.Module) or not isinstance(classifier, nn.Module):
+        raise TypeError(f"bpda_eot needs a defended model with .purifier and .classifier modules "
+                        f"(runners.defended.DefendedClassifier), got {type(model).__name__}")
+    purify = seeded_call(purifier)
+
+    def forward(x: torch.Tensor, noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
+        purified = purify(x.detach(), noise_seeds).detach()
+        return classifier(x + (purified - x.detach()))
+
+    return forward
+
+
+class PGDEOT:
+    """PGD-EOT with exact gradients through the whole defended model, scored single / vote / worst-case."""
+
+    name = "pgd_eot"
+    config_class: type = PGDEOTConfig
+
+    def __init__(self, config: Mapping[str, Any] | PGDEOTConfig | None = None) -> None:
+        self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
+
+    def gradient_forward(self, model: nn.Module) -> LogitsFn:
+        """The function whose CE-loss gradient the attack follows."""
+        return seeded_call(model)
+
+    def random_start(self, x: torch.Tensor, indices: torch.Tensor, seed: int) -> torch.Tensor:
+        """x plus a per-image random perturbation seeded by (seed, index, STAGE_START), clipped to [0, 1]."""
+        ball, eps = BALLS[self.config.norm], self.config.radius
+        seeds = derive_seeds(seed, indices, STAGE_START, 0, 0)
+        delta = per_row(seeds, lambda g: ball.start(tuple(x.shape[1:]), eps, g, x.dtype), x.device)
+        return (x + delta).clamp(0.0, 1.0)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
+                seed: int) -> tuple[torch.Tensor, Optional[str]]:
+        """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
+        config, ball = self.config, BALLS[self.config.norm]
+        forward = self.gradient_forward(model)
+        x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
+        zero_gradient_flag = None
+        for step in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
+            noise_seeds = repeat_seeds(seed, indices, STAGE_ATTACK, step, config.eot_samples).to(x.device)
+            grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
+            if step == 0 and config.sanity_checks:
+                zero_gradient_flag = check_zero_gradients(grad)
+            delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
+            x_adv = (x + delta).clamp(0.0, 1.0).detach()
+        return x_adv, zero_gradient_flag
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
+            seed: int) -> AttackOutput:
+        """Attack one batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,)."""
+        check_attack_inputs(x, y, indices)
+        flags = run_sanity_checks(model, x, y) if self.config.sanity_checks else {}
+        x_adv, zero_gradient_flag = self.perturb(model, x, y, indices, seed)
+        predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
+        if self.config.sanity_checks:
+            flags["check_zero_gradients"] = zero_gradient_flag
+        return AttackOutput(x_adv, predictions, correct, flags)
+
+
+class BPDAEOT(PGDEOT):
+    """BPDA+EOT: PGD-EOT whose gradient treats the purifier as the identity (straight-through)."""
+
+    name = "bpda_eot"
+    config_class = BPDAEOTConfig
+
+    def gradient_forward(self, model: nn.Module) -> LogitsFn:
+        """classifier(x + (purifier(x) - x).detach())."""
+        return straight_through(model)
+
+
+ATTACKS.register(PGDEOT.name)(PGDEOT)
+ATTACKS.register(BPDAEOT.name)(BPDAEOT)
+
+__all__ = ["BPDAEOT", "BPDAEOTConfig", "PGDEOT", "PGDEOTConfig", "eot_gradient", "straight_through"]

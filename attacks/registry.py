@@ -1,0 +1,46 @@
+"""The attack registry: attack classes keyed by the names used in YAML, each built from its frozen config."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from attacks.common import AttackOutput
+from utils.config import from_dict
+from utils.images import check_images
+from utils.registry import Registry
+
+
+class Attack(Protocol):
+    """An attack: run(model, x, y, indices, seed) -> AttackOutput, all randomness from `seed`."""
+
+    name: str
+    config_class: type
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
+            seed: int) -> AttackOutput:
+        """Adversarial examples for x (B, C, H, W) in [0, 1] and their per-image scores."""
+        ...
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def attack_config(name: str, params: Mapping[str, Any] | None = None) -> Any:
+    """The validated frozen config of attack `name` from a YAML mapping (unknown keys fail)."""
+    return from_dict(ATTACKS.get(name).config_class, {} if params is None else params, f"attack ({name})")
+
+
+def build_attack(name: str, params: Mapping[str, Any] | Any = None) -> Attack:
+    """The attack registered under `name`, configured by a mapping or its config dataclass."""
+    return ATTACKS.build(name, params)
+
+
+def check_attack_inputs(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> None:
+    """Raise a one-line ValueError unless x is a [0, 1] image batch and y, indices are (B,) integer tensors."""
+    check_images(x)
+    for name, value in (("y", y), ("indices", indices)):
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.shape != x.shape[:1]:
+            raise ValueError(f"{name} must be an int64 tensor of shape ({x.shape[0]},), got "
+                             f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}")

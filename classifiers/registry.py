@@ -1,0 +1,76 @@
+"""Classifier configs, the classifier registry, and checkpoint loading; every classifier maps [0, 1] images to logits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from utils.config import require
+from utils.registry import Registry
+
+CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Which classifier to build and where its weights live (relative paths resolve against base_dir)."""
+
+    name: str
+    checkpoint: Optional[str] = None  # weights file; None means the model's default path under pretrained/
+    model_dir: str = "pretrained"  # RobustBench model directory: <model_dir>/<dataset>/<threat>/<model>.pt
+    num_classes: Optional[int] = None  # None: the model's own (checked against it when given)
+    in_channels: Optional[int] = None  # None: the model's own (checked against it when given)
+    seed: int = 0  # initialisation seed of randomly initialised classifiers (tiny-wrn without checkpoint)
+
+    def __post_init__(self) -> None:
+        require(self.num_classes is None or self.num_classes >= 2,
+                f"classifier.num_classes must be >= 2, got {self.num_classes}")
+        require(self.in_channels is None or self.in_channels >= 1,
+                f"classifier.in_channels must be >= 1, got {self.in_channels}")
+
+
+def resolve_path(path: str | Path, base_dir: Path) -> Path:
+    """`path` if absolute, else base_dir / path."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def require_shape(config: ClassifierConfig, in_channels: int, num_classes: int) -> None:
+    """Fail unless the config's in_channels / num_classes (when given) match a fixed pretrained architecture."""
+    require(config.in_channels in (None, in_channels) and config.num_classes in (None, num_classes),
+            f"classifier '{config.name}' takes {in_channels} channels and has {num_classes} classes; "
+            f"the config says in_channels={config.in_channels}, num_classes={config.num_classes}")
+
+
+def require_file(path: Path, source: str) -> Path:
+    """Return path if it is a file, else raise a one-line FileNotFoundError naming it and its source."""
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier weights not found: {path}; {source}")
+    return path
+
+
+def load_state_dict(path: Path, strip_prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state_dict from a plain state_dict file or {'state_dict': ...}, with `strip_prefix` removed from keys."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict (or {{'state_dict': ...}}), got {type(state).__name__}")
+    cut = len(strip_prefix)
+    return {key[cut:] if strip_prefix and key.startswith(strip_prefix) else key: value
+            for key, value in state.items()}
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode with parameters frozen (attacks still get input gradients)."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def build_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """The classifier named in config, frozen in eval mode: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
+    return freeze(CLASSIFIERS.build(config.name, config, Path(base_dir)))

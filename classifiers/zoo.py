@@ -1,0 +1,74 @@
+"""The registered classifiers: lazy constructors keyed by the names used in YAML."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from classifiers.registry import (CLASSIFIERS, ClassifierConfig, load_state_dict, require_file, require_shape,
+                                  resolve_path)
+from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_resnet
+from utils.compat import import_robustbench
+from utils.config import require
+
+WRN_70_16_DROPOUT_PATH = "pretrained/cifar10/wrn-70-16-dropout/weights.pt"
+DEMO_CLASSIFIER_PATH = "pretrained/demo/classifier_wrn16_2.pt"
+DEMO_TRAIN_COMMAND = "python -m training.train_classifier --config configs/train/classifier_fmnist.yml"
+
+STANDARD_SOURCE = ("it is RobustBench's model zoo entry 'Standard' (CIFAR-10, Linf, WRN-28-10); fetch it once on a "
+                   "networked machine with robustbench.utils.load_model('Standard', model_dir=<model_dir>, "
+                   "dataset='cifar10', threat_model='Linf') and copy the file here")
+WRN_70_16_SOURCE = ("it is DiffPure's CIFAR-10 WRN-70-16-dropout (NVlabs/DiffPure README, 'Data and pre-trained "
+                    "models'); download it and place it at that path or set classifier.checkpoint")
+DEMO_SOURCE = f"train it with: {DEMO_TRAIN_COMMAND}"
+
+
+def fmnist_wrn_16_2(seed: int | None = None, num_classes: int = 10) -> nn.Module:
+    """The demo WRN-16-2 for Fashion-MNIST padded to 32x32: (B, 1, 32, 32) in [0, 1] -> logits (B, 10)."""
+    return wide_resnet(depth=16, widen_factor=2, in_channels=1, num_classes=num_classes, seed=seed)
+
+
+@CLASSIFIERS.register("cifar10-standard-wrn-28-10")
+def _standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """RobustBench's CIFAR-10 Linf 'Standard' WRN-28-10 (no normalisation inside), loaded offline from model_dir."""
+    require(config.checkpoint is None, "cifar10-standard-wrn-28-10 is loaded by RobustBench from "
+            "classifier.model_dir (<model_dir>/cifar10/Linf/Standard.pt); set model_dir, not checkpoint")
+    require_shape(config, in_channels=3, num_classes=10)
+    model_dir = resolve_path(config.model_dir, base_dir)
+    require_file(model_dir / "cifar10" / "Linf" / "Standard.pt", STANDARD_SOURCE)
+    robustbench = import_robustbench()
+    with torch.random.fork_rng(devices=[]):
+        return robustbench.utils.load_model("Standard", model_dir=str(model_dir), dataset="cifar10",
+                                            threat_model="Linf")
+
+
+@CLASSIFIERS.register("cifar10-wrn-70-16-dropout")
+def _wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """DiffPure's WRN-70-16 (dropout 0.3) with CIFAR-10 mean/std normalisation inside; 'module.' keys stripped."""
+    require_shape(config, in_channels=3, num_classes=10)
+    path = require_file(resolve_path(config.checkpoint or WRN_70_16_DROPOUT_PATH, base_dir), WRN_70_16_SOURCE)
+    net = wide_resnet(depth=70, widen_factor=16, drop_rate=0.3)
+    net.load_state_dict(load_state_dict(path, strip_prefix="module."))
+    return Normalized(net, CIFAR10_MEAN, CIFAR10_STD)
+
+
+@CLASSIFIERS.register("fmnist-wrn-16-2")
+def _fmnist_wrn_16_2(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """The demo Fashion-MNIST WRN-16-2 (1 channel, 32x32), trained by training/train_classifier.py."""
+    require_shape(config, in_channels=1, num_classes=10)
+    path = require_file(resolve_path(config.checkpoint or DEMO_CLASSIFIER_PATH, base_dir), DEMO_SOURCE)
+    net = fmnist_wrn_16_2()
+    net.load_state_dict(load_state_dict(path))
+    return net
+
+
+@CLASSIFIERS.register("tiny-wrn")
+def _tiny_wrn(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """WRN-10-1 for tests: random init from config.seed, or weights from config.checkpoint when given."""
+    net = wide_resnet(depth=10, widen_factor=1, in_channels=config.in_channels or 3,
+                      num_classes=config.num_classes or 10, seed=config.seed)
+    if config.checkpoint is not None:
+        path = require_file(resolve_path(config.checkpoint, base_dir), "save one with torch.save(model.state_dict())")
+        net.load_state_dict(load_state_dict(path))
+    return net

@@ -1,0 +1,197 @@
+"""What every experiment shares: the CLI skeleton, run metadata, CSV/JSON/PNG output, resumable points, bands."""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the non-interactive backend)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from utils.config import ConfigError  # noqa: E402
+from utils.stats import wilson_interval  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+
+
+def default_output_dir(name: str) -> Path:
+    """results/experiments/<name>/ under the repository root."""
+    return REPO_ROOT / "results" / "experiments" / name
+
+
+def base_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the options every experiment takes: --out, --seed, --threads, --log-level."""
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    parser.add_argument("--out", type=Path, default=default_output_dir(name),
+                        help=f"output folder (default: results/experiments/{name}/ in the repository)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of this experiment's own randomness")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    return parser
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Configure logging and threads, create the output folder and return it."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args.out
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with '+dirty' when files changed), or 'unknown' outside git."""
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = run("git", "rev-parse", "HEAD")
+        return head + ("+dirty" if run("git", "status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_metadata(argv: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """What produced a result: command line, git commit, package versions, time, plus `extra` (seeds, config)."""
+    return {
+        "argv": list(argv), "git_commit": git_commit(), "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "matplotlib": matplotlib.__version__,
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able version of paths, tensors and numpy scalars."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write data as indented JSON (atomically: a temporary file renamed into place)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write rows (dicts with the same keys) as CSV with a header."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save a figure as PNG (150 dpi, tight) and close it."""
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    logger.info("wrote %s", path)
+    return path
+
+
+def wilson_row(correct: int, total: int) -> dict[str, float]:
+    """{'p', 'ci_low', 'ci_high'}: the proportion and its 95 % Wilson interval."""
+    low, high = wilson_interval(correct, total)
+    return {"p": correct / total, "ci_low": low, "ci_high": high}
+
+
+def mean_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over axis 0 of values (N, T) and its 95 % Student-t CI (mean -+ t_{0.975, N-1} sd / sqrt(N)), each (T,)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    if values.shape[0] < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, values.shape[0] - 1) * values.std(axis=0, ddof=1) / math.sqrt(values.shape[0])
+    return mean, mean - half, mean + half
+
+
+def parse_values(text: str) -> list[float]:
+    """'0,0.5,1' -> [0.0, 0.5, 1.0]."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short hash of the settings that a stored point must share with the current run."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+
+
+class PointStore:
+    """One JSON file per finished point under <out>/points/, tagged with the run's settings fingerprint.
+
+    A rerun with the same settings skips stored points; a stored point from different settings is an
+    error (use a fresh --out), so results from different runs never mix.
+    """
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.folder = out / "points"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tag = fingerprint(settings)
+
+    def path(self, key: str) -> Path:
+        """The file of point `key` (safe file name)."""
+        return self.folder / (key.replace("/", "_") + ".json")
+
+    def load(self, key: str) -> Optional[dict[str, Any]]:
+        """The stored result of `key`, or None if it is not done yet."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        stored = json.loads(path.read_text())
+        if stored.get("fingerprint") != self.tag:
+            raise ValueError(f"{path} was made with other settings; pass a fresh --out or delete that folder")
+        return stored["result"]
+
+    def save(self, key: str, result: dict[str, Any]) -> None:
+        """Store the result of `key` now (atomic write)."""
+        write_json(self.path(key), {"fingerprint": self.tag, "key": key, "result": result})
+
+
+def log_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Log rows as an aligned text table (the numbers behind a figure, for the terminal)."""
+    rows = list(rows)
+    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    logger.info("\n%s", "\n".join(lines))
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Call main(); a config or input error exits with its one-line message instead of a traceback."""
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}")
+
+
+def argv_or_sys(argv: Optional[Sequence[str]]) -> list[str]:
+    """argv if given, else the process's command-line arguments."""
+    return list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,172 @@
+"""The run summary: clean and robust accuracy with 95 % Wilson intervals per model, attack and scoring rule,
+plus everything needed to reproduce it (resolved config, seeds, package versions, git hash, check flags)."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.evaluate import attack_keys
+from utils.experiment import AttackSpec, Experiment
+from utils.stats import wilson_interval
+
+PACKAGES = ("torch", "torchsde", "pyautoattack", "robustbench", "numpy")
+REPO_DIR = Path(__file__).resolve().parent.parent
+MODELS = ("defended", "classifier")
+SEED_DERIVATION = ("batch b attacks with seed hash(eval, b) and restarts the purifier's unseeded noise from it; "
+                   "image i's clean forward uses noise seed hash(eval, i); both are in every result line")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where the records come from: run name, config file and hash, batch seeds, number of processes."""
+
+    name: str
+    config_file: str
+    config_hash: str
+    batch_seeds: dict[int, int]
+    world_size: int
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages results depend on ('not installed' when missing)."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def git_hash(repo: Path = REPO_DIR) -> str:
+    """The repository's HEAD commit, with '+dirty' if tracked files changed; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def accuracy(hits: list[bool]) -> dict[str, Any]:
+    """{accuracy, correct, n, ci95: [low, high]} of a list of per-image outcomes (Wilson interval)."""
+    correct, n = sum(bool(h) for h in hits), len(hits)
+    low, high = wilson_interval(correct, n)
+    return {"accuracy": correct / n, "correct": correct, "n": n, "ci95": [low, high]}
+
+
+def model_accuracy(records: list[dict[str, Any]], model: str, keys: list[str]) -> dict[str, Any]:
+    """{'clean': entry, 'attacks': {key: {rule: entry}}} for one model over the records."""
+    attacks = {}
+    for key in keys:
+        rules = records[0]["attacks"][key][model]["correct"]
+        attacks[key] = {rule: accuracy([r["attacks"][key][model]["correct"][rule] for r in records]) for rule in rules}
+    return {"clean": accuracy([r["clean"][model]["correct"] for r in records]), "attacks": attacks}
+
+
+def check_flags(records: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, list[str]]]:
+    """{attack key: {check name: distinct warning messages over all batches}}; an empty list means passed."""
+    flags: dict[str, dict[str, set[str]]] = {key: {} for key in keys}
+    for record in records:
+        for key in keys:
+            for check, message in record["attacks"][key]["flags"].items():
+                flags[key].setdefault(check, set()).update([message] if message else [])
+    return {key: {check: sorted(messages) for check, messages in checks.items()} for key, checks in flags.items()}
+
+
+def purified_range(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Min and max of the purified clean images, and whether they left [0, 1] (DiffPure's unclamped output)."""
+    low = min(r["purified_range"][0] for r in records)
+    high = max(r["purified_range"][1] for r in records)
+    return {"min": low, "max": high, "left_unit_interval": low < 0.0 or high > 1.0}
+
+
+def describe_attack(spec: AttackSpec) -> str:
+    """'autoattack (standard, Linf, eps 0.03137)' from the attack's config."""
+    config = spec.config
+    radius = getattr(config, "radius", None)
+    details = [getattr(config, "version", None), getattr(config, "norm", None),
+               None if radius is None else f"eps {radius:.4g}",
+               None if spec.target == "defended" else "crafted on the bare classifier"]
+    if hasattr(config, "iterations"):
+        details.append(f"{config.iterations} x {config.eot_samples} EOT, step {config.alpha:.4g}")
+    return f"{spec.name} ({', '.join(d for d in details if d)})"
+
+
+def build_summary(experiment: Experiment, records: list[dict[str, Any]], info: RunInfo) -> dict[str, Any]:
+    """Everything summary.json holds, from the ordered per-image records of the whole subset."""
+    resolved = experiment.to_dict()
+    keys = attack_keys(experiment.attacks)
+    models = MODELS if experiment.file.eval.evaluate_classifier else MODELS[:1]
+    purifier = resolved["purifier"]
+    return {
+        "run": info.name, "config_file": info.config_file, "config_hash": info.config_hash, "n": len(records),
+        "purifier": purifier["name"], "grad_mode": purifier.get("grad_mode"), "backend": purifier.get("backend"),
+        "attacks": {key: describe_attack(spec) for key, spec in zip(keys, experiment.attacks)},
+        "accuracy": {model: model_accuracy(records, model, keys) for model in models},
+        "classifier_clean": accuracy([r["clean"]["classifier"]["correct"] for r in records]),
+        "autoattack_checks": check_flags(records, keys),
+        "purified_range": purified_range(records),
+        "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
+                  "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
+                  "batches": {str(b): s for b, s in sorted(info.batch_seeds.items())}},
+        "processes": info.world_size,
+        "packages": package_versions(), "git": git_hash(),
+        "config": resolved,
+    }
+
+
+def _percent(entry: dict[str, Any]) -> str:
+    """'| 87.50 | [80.1, 92.3] | 448 / 512 |' cells of an accuracy entry."""
+    low, high = entry["ci95"]
+    return f"{100 * entry['accuracy']:.2f} | [{100 * low:.1f}, {100 * high:.1f}] | {entry['correct']} / {entry['n']}"
+
+
+def accuracy_rows(summary: dict[str, Any]) -> list[str]:
+    """Markdown table rows: model | attack | rule | accuracy | CI | correct / n."""
+    rows = []
+    for model, table in summary["accuracy"].items():
+        rows.append(f"| {model} | clean | - | {_percent(table['clean'])} |")
+        for key, rules in table["attacks"].items():
+            rows.extend(f"| {model} | {key} | {rule} | {_percent(entry)} |" for rule, entry in rules.items())
+    return rows
+
+
+def flag_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per raised AutoAttack check, or a line saying all passed."""
+    raised = [f"- {key}: {check}: {message}" for key, checks in summary["autoattack_checks"].items()
+              for check, messages in checks.items() for message in messages]
+    return raised or ["- all checks passed"]
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """summary.md: the accuracy table, then attacks, checks, purified range, seeds and versions."""
+    seeds, span = summary["seeds"], summary["purified_range"]
+    lines = [f"# {summary['run']}", "",
+             f"Config `{summary['config_file']}` (hash {summary['config_hash'][:12]}), purifier "
+             f"**{summary['purifier']}**, grad_mode {summary['grad_mode']}, backend {summary['backend']}, "
+             f"n = {summary['n']} images.", "",
+             "| model | attack | rule | accuracy (%) | 95 % CI (%) | correct / n |",
+             "|---|---|---|---:|---|---:|", *accuracy_rows(summary), "",
+             "Attacks:", *(f"- {key}: {text}" for key, text in summary["attacks"].items()), "",
+             "AutoAttack sanity checks:", *flag_lines(summary), "",
+             f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
+             f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "
+             f"{100 * summary['classifier_clean']['accuracy']:.2f} %.", "",
+             f"Seeds: eval {seeds['eval']}, data {seeds['data']}, classifier init {seeds['classifier_init']}; "
+             "batch seeds in summary.json.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["packages"].items()) + f"; git {summary['git']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> str:
+    """Write summary.json and summary.md into run_dir; returns the Markdown."""
+    markdown = render_markdown(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.md").write_text(markdown)
+    return markdown
