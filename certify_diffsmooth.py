@@ -25,15 +25,15 @@ from classifiers import ClassifierConfig, build_classifier
 from runners.backbones import BackboneConfig, build_backbone, parse_backbone_model
 from runners.certify import ABSTAIN, MODES, Mode, SmoothingSpec
 from runners.certify_report import (ResultRow, ResultsTSV, certify_table, elapsed_text, plot_certified_accuracy,
-                                    predict_table, provenance, radius_grid)
+                                    predict_table, radius_grid)
 from runners.diffsmooth import RELEASE_LOCAL_SEED, DiffSmooth, Vote
 from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
 from utils.experiment import set_override
 from utils.overrides import parse_assignments
+from utils.provenance import provenance
 
 log = logging.getLogger("certify_diffsmooth")
-REPO_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def run_info(file: DiffSmoothFile, config_path: Path, resolved: dict[str, Any]) 
     """What the sidecar records for this run: config file, resolved config, seeds, provenance."""
     seeds = {"data_seed": file.data.data_seed, "certify_seed": file.certify.seed,
              "local_seed": file.smoothing.local_seed, "classifier_seed": file.classifier.seed}
-    return {"config_file": str(config_path), "resolved_config": resolved, "seeds": seeds, **provenance(REPO_DIR)}
+    return {"config_file": str(config_path), "resolved_config": resolved, "seeds": seeds, **provenance()}
 
 
 def certify_images(model: DiffSmooth, data: ImageSet, spec: SmoothingSpec, mode: Mode, results: ResultsTSV,

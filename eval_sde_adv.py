@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from utils.config import ConfigError, read_yaml
 from utils.data import ImageSet, load_images
+from utils.checkpoints import atomic_save
 from utils.distributed import Shard, barrier, start_shard, stop_shard
-from utils.evaluate import (Batch, attack_runs, batch_seed, evaluate_batch, make_models, pending_batches,
-                            plan_batches)
+from utils.evaluate import (Batch, attack_runs, batch_seed, evaluate_batch, example_images, make_models,
+                            pending_batches, plan_batches)
 from utils.experiment import Experiment, build_models, dump_yaml, load_experiment, set_override
 from utils.overrides import attack_field_overrides, parse_assignments, select_attacks, switch_purifier
 from utils.results import (ResultWriter, RunDirError, claim_run_dir, config_hash, ordered_records, read_records,
@@ -130,8 +131,12 @@ def run_batches(experiment: Experiment, images: ImageSet, batches: list[Batch], 
     for batch in tqdm(todo, desc=f"batches (rank {shard.rank})", disable=None):
         part = slice(batch.start, batch.stop)
         x, y = images.x[part].to(shard.device), images.y[part].to(shard.device)
-        writer.append(evaluate_batch(models, runs, x, y, images.indices[part], batch, eval_config.seed,
-                                     eval_config.evaluate_classifier))
+        records, outputs = evaluate_batch(models, runs, x, y, images.indices[part], batch, eval_config.seed,
+                                          eval_config.evaluate_classifier)
+        if batch.number == 0 and eval_config.save_examples > 0:
+            atomic_save(example_images(models, x, y, images.indices[part], eval_config.seed, outputs,
+                                       eval_config.save_examples), run_dir / "examples.pt")
+        writer.append(records)
 
 
 def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optional[str]:

@@ -5,15 +5,15 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
+
+from utils.seeds import derive_seeds
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 # stage tags mixed into per-image seeds, so start noise, attack noise and scoring noise never coincide
 STAGE_START, STAGE_ATTACK, STAGE_SCORE = 0, 1, 2
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -28,24 +28,6 @@ class AttackOutput:
     def accuracy(self) -> dict[str, float]:
         """Robust accuracy in [0, 1] under each scoring rule."""
         return {name: float(hits.float().mean()) for name, hits in self.correct.items()}
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on uint64 arrays (wrap-around arithmetic): a well-mixed 64-bit hash."""
-    z = (z + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_MASK64)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def derive_seeds(seed: int, indices: torch.Tensor, *keys: int) -> torch.Tensor:
-    """(B,) int64 seeds in [0, 2^63), a hash of (seed, dataset index, *keys) per image: independent of batching."""
-    index = np.asarray(indices.detach().cpu(), dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        mixed = _splitmix64(np.full(index.shape, seed & _MASK64, dtype=np.uint64))
-        for part in (index, *(np.full(index.shape, key & _MASK64, dtype=np.uint64) for key in keys)):
-            mixed = _splitmix64(mixed ^ part)
-    return torch.from_numpy((mixed >> np.uint64(1)).astype(np.int64))
 
 
 def accepts_noise_seeds(model: nn.Module) -> bool:

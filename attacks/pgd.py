@@ -10,10 +10,11 @@ from torch import nn
 from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
-from attacks.common import (STAGE_ATTACK, STAGE_START, AttackOutput, LogitsFn, derive_seeds, per_row,
+from attacks.common import (STAGE_ATTACK, STAGE_START, AttackOutput, LogitsFn, per_row,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import ATTACKS, check_attack_inputs
 from utils.config import from_dict, require
+from utils.seeds import derive_seeds
 
 Norm = Literal["Linf", "L2"]
 DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}

@@ -7,10 +7,7 @@ import hashlib
 import json
 import logging
 import math
-import platform
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -23,6 +20,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from utils.config import ConfigError  # noqa: E402
+from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,35 +43,22 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start_run(args: argparse.Namespace) -> Path:
-    """Configure logging and threads, create the output folder and return it."""
+def start_cli(parser: argparse.ArgumentParser,
+              argv: Optional[Sequence[str]]) -> tuple[list[str], argparse.Namespace, Path]:
+    """Parse argv (None: the process's arguments), configure logging and threads, create --out: (argv, args, out)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    return args.out
-
-
-def git_commit() -> str:
-    """The repository's HEAD commit (with '+dirty' when files changed), or 'unknown' outside git."""
-    def run(*cmd: str) -> str:
-        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head = run("git", "rev-parse", "HEAD")
-        return head + ("+dirty" if run("git", "status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return argv, args, args.out
 
 
 def run_metadata(argv: Sequence[str], **extra: Any) -> dict[str, Any]:
-    """What produced a result: command line, git commit, package versions, time, plus `extra` (seeds, config)."""
-    return {
-        "argv": list(argv), "git_commit": git_commit(), "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "matplotlib": matplotlib.__version__,
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,
-    }
+    """What produced a result (utils.provenance: command line, start time, versions, git hash), plus `extra`."""
+    return {**provenance(REPO_ROOT, argv), **extra}
 
 
 def _plain(value: Any) -> Any:
@@ -106,12 +91,30 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
+def label_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, title_size: int = 10, legend_size: int = 9,
+               legend_title: Optional[str] = None) -> None:
+    """The look every experiment plot shares: axis labels, a small title, a light grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, title=legend_title, title_fontsize=legend_size)
+
+
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save a figure as PNG (150 dpi, tight) and close it."""
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     logger.info("wrote %s", path)
     return path
+
+
+def write_results(out: Path, stem: str, payload: dict[str, Any], rows: Sequence[dict[str, Any]],
+                  figure: plt.Figure) -> None:
+    """An experiment's outputs in `out`: <stem>.json (payload), <stem>.csv (rows) and <stem>.png (figure)."""
+    write_json(out / f"{stem}.json", payload)
+    write_csv(out / f"{stem}.csv", rows)
+    save_figure(figure, out / f"{stem}.png")
 
 
 def wilson_row(correct: int, total: int) -> dict[str, float]:
@@ -190,8 +193,3 @@ def run_cli(main: Callable[[], Any]) -> None:
         main()
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}")
-
-
-def argv_or_sys(argv: Optional[Sequence[str]]) -> list[str]:
-    """argv if given, else the process's command-line arguments."""
-    return list(sys.argv[1:] if argv is None else argv)

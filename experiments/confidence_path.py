@@ -16,12 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.common import (argv_or_sys, base_parser, mean_band, plt, run_cli, run_metadata, save_figure, start_run,
-                                wilson_row, write_csv, write_json)
+from experiments.common import base_parser, label_axes, mean_band, plt, run_cli, start_cli, wilson_row, write_results
 from experiments.image_setup import (ImageSetup, add_attack_arguments, add_model_arguments, attack_images,
-                                     config_record, defense_seeds, given_fields, load_setup, make_attack,
-                                     method_fields, purify_with_callback, seeds_record)
-from runners.purifiers import resolve_purifier_config
+                                     defense_seeds, image_metadata, load_setup, make_attack, method_fields)
 from utils.images import to_image_space
 
 NAME = "confidence_path"
@@ -80,8 +77,8 @@ def record_paths(setup: ImageSetup, method: str, fields: dict, x_adv: torch.Tens
     p_true, p_adv, final = [], [], []
     for part in setup.batches():
         recorder = ConfidenceRecorder(setup.classifier, x_adv[part], setup.images.y[part], y_adv[part])
-        purified = purify_with_callback(purifier, x_adv[part], seeds[part], recorder)
         with torch.no_grad():
+            purified = purifier(x_adv[part], seeds[part], callback=recorder)
             final.append(setup.classifier(purified).argmax(dim=1))
         true_part, adv_part = recorder.arrays()
         p_true.append(true_part)
@@ -116,11 +113,8 @@ def plot(results: dict[str, dict[str, np.ndarray]], labels: dict[str, str], atta
             ax.plot(paths["t"], mean, color=color, label=labels[method])
         ax.set_xlim(results[next(iter(results))]["t"][0], 0.0)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("diffusion time t (purification runs from t* to 0)")
-        ax.set_ylabel("classifier probability")
-        ax.set_title(f"{title}, mean over {len(paths[key])} images (95 % CI)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
+        label_axes(ax, "diffusion time t (purification runs from t* to 0)", "classifier probability",
+                   f"{title}, mean over {len(paths[key])} images (95 % CI)")
     fig.suptitle(f"Confidence along the purification path of adversarial examples ({attack_name} on reverse-only)",
                  fontsize=11)
     fig.tight_layout()
@@ -129,12 +123,9 @@ def plot(results: dict[str, dict[str, np.ndarray]], labels: dict[str, str], atta
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Attack, purify with both methods while recording, write confidence_path.{csv,json,npz,png}."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     setup = load_setup(args)
-    coup = resolve_purifier_config(setup.purifier_config("coup", **given_fields(
-        t_star=args.t_star, guidance_scale=args.guidance_scale)))
+    coup = setup.coup_config(args.t_star, args.guidance_scale)
     methods = {m: method_fields(m, coup.t_star, coup.guidance_scale) for m in ("reverse_only", "coup")}
     attack, params = make_attack(setup, args)
     outputs = attack_images(setup, attack, setup.defended("reverse_only", t_star=coup.t_star))
@@ -152,14 +143,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                "attack": {"name": args.attack, "params": params, "target": "reverse_only",
                           "robust_accuracy_of_target": robust, "flags": outputs[0].flags},
                "accuracy_after_purification": accuracy, "y_adv_definition": "argmax_{y != y_true} p(y | x_adv)",
-               "metadata": run_metadata(argv, seeds=seeds_record(setup, args.seed), config=config_record(setup)),
+               "metadata": image_metadata(setup, argv, args.seed),
                "mean_confidence": {m: endpoint_means(r) for m, r in results.items()}}
-    write_json(out / "confidence_path.json", payload)
-    write_csv(out / "confidence_path.csv", rows)
-    arrays = {f"{method}_{key}": value for method, r in results.items() for key, value in r.items()}
-    np.savez_compressed(out / "confidence_path.npz", **arrays)
     labels = {"reverse_only": "reverse-only (λ = 0)", "coup": f"COUP (λ = {coup.guidance_scale:g})"}
-    save_figure(plot(results, labels, args.attack), out / "confidence_path.png")
+    write_results(out, NAME, payload, rows, plot(results, labels, args.attack))
+    arrays = {f"{method}_{key}": value for method, r in results.items() for key, value in r.items()}
+    np.savez_compressed(out / f"{NAME}.npz", **arrays)
     logger.info("accuracy after purification: %s", {m: round(a["p"], 4) for m, a in accuracy.items()})
     return payload
 

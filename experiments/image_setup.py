@@ -4,28 +4,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import yaml
 from torch import nn
 
-from attacks.common import AttackOutput, derive_seeds
+from attacks.common import AttackOutput
 from attacks.registry import ATTACKS, Attack, build_attack
 from classifiers import build_classifier
-from experiments.common import REPO_ROOT
+from experiments.common import REPO_ROOT, run_metadata
 from runners.backbones import build_backbone
 from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
-from runners.purifiers import DiffusionPurifier, Purifier, PurifierConfig
-from runners.solvers import StepCallback, solve_exact
+from runners.purifiers import Purifier, PurifierConfig, resolve_purifier_config
 from utils.config import ConfigError, to_dict
 from utils.data import ImageSet, load_images
 from utils.experiment import Experiment, dump_yaml, load_experiment
-from utils.images import to_diffusion_space, to_image_space
+from utils.seeds import derive_seeds
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yml"
 DIFFUSION_METHODS = ("reverse_only", "diffpure", "coup")
@@ -91,6 +89,11 @@ class ImageSetup:
         guidance = base.guidance_scale if method == "coup" and base.name == "coup" else None
         presets = {"guidance_scale": guidance, "forward_noise": None, "clamp_output": None}
         return dataclasses.replace(base, **{**presets, **fields, "name": method})
+
+    def coup_config(self, t_star: Optional[float] = None, guidance_scale: Optional[float] = None) -> PurifierConfig:
+        """COUP's resolved settings (see purifier_config), with t_star and guidance_scale set where not None."""
+        return resolve_purifier_config(self.purifier_config("coup", **given_fields(
+            t_star=t_star, guidance_scale=guidance_scale)))
 
     def purifier(self, method: str, **fields: Any) -> Purifier:
         """Purifier `method` ('none', 'reverse_only', 'diffpure', 'coup', or the config's own) with fields replaced."""
@@ -177,24 +180,6 @@ def predict(model: nn.Module, x: torch.Tensor, noise_seeds: torch.Tensor, batch_
                       for i in range(0, x.shape[0], batch_size)])
 
 
-def purify_with_callback(purifier: DiffusionPurifier, x: torch.Tensor, noise_seeds: torch.Tensor,
-                         callback: StepCallback) -> torch.Tensor:
-    """DiffusionPurifier.forward on the exact solver with callback(k, tau_k, x_{k+1}) after every step (no grad).
-
-    x (B, C, H, W) in [0, 1]; the same noise seeds give the same output as purifier(x, noise_seeds).
-    """
-    config = purifier.config
-    z = purifier.draw_noise(x, noise_seeds)
-    x_start = to_diffusion_space(x)
-    if config.forward_noise:
-        x_start = math.sqrt(purifier.alpha_bar) * x_start + math.sqrt(1.0 - purifier.alpha_bar) * z[0]
-    labels = purifier.guided.path_labels(x, None)
-    with torch.no_grad():
-        x_out = solve_exact(purifier.backbone.sde, lambda x_t, t: purifier.guided(x_t, t, labels), x_start,
-                            purifier.grid, z[1:], checkpoint=False, callback=callback)
-    return to_image_space(x_out.clamp(-1.0, 1.0) if config.clamp_output else x_out)
-
-
 def given_fields(**fields: Any) -> dict[str, Any]:
     """The keyword arguments that are not None (options given on the command line)."""
     return {k: v for k, v in fields.items() if v is not None}
@@ -218,3 +203,7 @@ def config_record(setup: ImageSetup) -> dict[str, Any]:
     """The resolved experiment config as plain data, plus the config file it came from."""
     return {"config_dir": str(setup.experiment.base_dir), **setup.experiment.to_dict()}
 
+
+def image_metadata(setup: ImageSetup, argv: Sequence[str], seed: int, **extra_seeds: Any) -> dict[str, Any]:
+    """run_metadata of an image experiment: provenance, the seeds (seeds_record, extra_seeds) and the config."""
+    return run_metadata(argv, seeds={**seeds_record(setup, seed), **extra_seeds}, config=config_record(setup))

@@ -14,12 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from experiments.common import (argv_or_sys, base_parser, plt, run_cli, run_metadata, save_figure, start_run, write_csv,
-                                write_json)
+from experiments.common import base_parser, plt, run_cli, start_cli, write_results
 from experiments.image_setup import (DIFFUSION_METHODS, add_attack_arguments, add_model_arguments, attack_images,
-                                     config_record, defense_seeds, given_fields, load_setup, make_attack,
-                                     method_fields, seeds_record)
-from runners.purifiers import resolve_purifier_config
+                                     defense_seeds, image_metadata, load_setup, make_attack, method_fields)
 
 NAME = "purified_images"
 PURIFIED_ROWS = ("diffpure", "reverse_only", "coup")
@@ -87,12 +84,9 @@ def cell_rows(rows: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Attack, purify three ways, write purified_images.{png,csv,json,npz}."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     setup = load_setup(args)
-    coup = resolve_purifier_config(setup.purifier_config("coup", **given_fields(
-        t_star=args.t_star, guidance_scale=args.guidance_scale)))
+    coup = setup.coup_config(args.t_star, args.guidance_scale)
     attack, params = make_attack(setup, args)
     target_fields = method_fields(args.attack_target, coup.t_star, coup.guidance_scale)
     outputs = attack_images(setup, attack, setup.defended(args.attack_target, **target_fields))
@@ -105,20 +99,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             rows[method] = torch.cat([purifier(rows["adversarial"][p], seeds[p]) for p in setup.batches()])
     with torch.no_grad():
         predictions = {name: setup.classifier(x).argmax(dim=1) for name, x in rows.items()}
-    caption = (f"{args.attack} against {ROW_TITLES.get(args.attack_target, args.attack_target)}; purified at "
-               f"t* = {coup.t_star:g}, COUP λ = {coup.guidance_scale:g}; title: prediction (green correct)")
-    save_figure(plot_grid(rows, predictions, images.y, caption), out / "purified_images.png")
-    cells = cell_rows(rows, predictions, images.y, images.indices)
-    write_csv(out / "purified_images.csv", cells)
-    np.savez_compressed(out / "purified_images.npz", labels=images.y.numpy(),
-                        **{name: x.detach().cpu().numpy().astype(np.float32) for name, x in rows.items()})
     accuracy = {name: float((p == images.y).double().mean()) for name, p in predictions.items()}
     payload = {"experiment": NAME, "t_star": coup.t_star, "guidance_scale": coup.guidance_scale,
                "attack": {"name": args.attack, "params": params, "target": args.attack_target,
                           "flags": outputs[0].flags},
                "accuracy_per_row": accuracy,
-               "metadata": run_metadata(argv, seeds=seeds_record(setup, args.seed), config=config_record(setup))}
-    write_json(out / "purified_images.json", payload)
+               "metadata": image_metadata(setup, argv, args.seed)}
+    caption = (f"{args.attack} against {ROW_TITLES.get(args.attack_target, args.attack_target)}; purified at "
+               f"t* = {coup.t_star:g}, COUP λ = {coup.guidance_scale:g}; title: prediction (green correct)")
+    write_results(out, NAME, payload, cell_rows(rows, predictions, images.y, images.indices),
+                  plot_grid(rows, predictions, images.y, caption))
+    np.savez_compressed(out / f"{NAME}.npz", labels=images.y.numpy(),
+                        **{name: x.detach().cpu().numpy().astype(np.float32) for name, x in rows.items()})
     logger.info("accuracy per row: %s", accuracy)
     return payload
 

@@ -14,12 +14,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from attacks.common import derive_seeds
-from experiments.common import (PointStore, argv_or_sys, base_parser, log_table, parse_values, plt, run_cli,
-                                run_metadata, save_figure, start_run, wilson_row, write_csv, write_json)
+from experiments.common import (PointStore, base_parser, label_axes, log_table, parse_values, plt, run_cli, start_cli,
+                                wilson_row, write_results)
 from experiments.image_setup import (DIFFUSION_METHODS, add_model_arguments, config_record, defense_seeds,
-                                     given_fields, load_setup, method_fields, predict, seeds_record)
-from runners.purifiers import resolve_purifier_config
+                                     image_metadata, load_setup, method_fields, predict, seeds_record)
+from utils.seeds import derive_seeds
 
 NAME = "salt_pepper"
 CORRUPTION_STAGE = 11  # seed tag of the corruption fields, distinct from the defense noise
@@ -61,29 +60,22 @@ def plot(rows: list[dict], caption: str) -> plt.Figure:
                         color=color, alpha=0.2, linewidth=0)
         ax.plot(amounts, [100 * r["accuracy"] for r in curve], "o-", color=color, markersize=4,
                 label=METHOD_LABELS.get(method, method))
-    ax.set_xlabel("salt-and-pepper amount p (fraction of pixels replaced)")
-    ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-    ax.set_title(caption, fontsize=9)
+    label_axes(ax, "salt-and-pepper amount p (fraction of pixels replaced)", "accuracy (%)", caption, title_size=9)
     fig.tight_layout()
     return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Evaluate every (method, amount), write salt_pepper.{csv,json,png} and points/*.json."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     unknown = sorted(set(args.methods) - {"none", *DIFFUSION_METHODS})
     if unknown:
         raise ValueError(f"unknown --methods {unknown}; choose from none,{','.join(DIFFUSION_METHODS)}")
     setup = load_setup(args)
-    coup = resolve_purifier_config(setup.purifier_config("coup", **given_fields(
-        t_star=args.t_star, guidance_scale=args.guidance_scale)))
-    images, seeds = setup.images, seeds_record(setup, args.seed)
-    store = PointStore(out, {"config": config_record(setup), "seeds": seeds})
+    coup = setup.coup_config(args.t_star, args.guidance_scale)
+    images = setup.images
+    store = PointStore(out, {"config": config_record(setup), "seeds": seeds_record(setup, args.seed)})
     corruption_seeds = derive_seeds(args.seed, images.indices, CORRUPTION_STAGE)
     noise_seeds = defense_seeds(args.seed, images.indices)
     rows = []
@@ -102,12 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                             for k, v in wilson_row(result["correct"], result["images"]).items()}})
         logger.info("%s: %s", method, " ".join(f"{r['accuracy']:.3f}" for r in rows[-len(args.amounts):]))
     payload = {"experiment": NAME, "t_star": coup.t_star, "guidance_scale": coup.guidance_scale, "rows": rows,
-               "metadata": run_metadata(argv, seeds={**seeds, "corruption_stage": CORRUPTION_STAGE},
-                                        config=config_record(setup))}
-    write_json(out / "salt_pepper.json", payload)
-    write_csv(out / "salt_pepper.csv", rows)
+               "metadata": image_metadata(setup, argv, args.seed, corruption_stage=CORRUPTION_STAGE)}
     caption = f"{len(images.y)} images; purifiers at t* = {coup.t_star:g}, COUP λ = {coup.guidance_scale:g}"
-    save_figure(plot(rows, caption), out / "salt_pepper.png")
+    write_results(out, NAME, payload, rows, plot(rows, caption))
     log_table(rows, ["method", "amount", "correct", "accuracy", "ci_low", "ci_high"])
     return payload
 

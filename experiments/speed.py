@@ -16,11 +16,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from experiments.common import (argv_or_sys, base_parser, log_table, mean_band, parse_values, plt, run_cli,
-                                run_metadata, save_figure, start_run, write_csv, write_json)
-from experiments.image_setup import (DIFFUSION_METHODS, ImageSetup, add_model_arguments, config_record,
-                                     defense_seeds, given_fields, load_setup, method_fields, seeds_record)
-from runners.purifiers import resolve_purifier_config
+from experiments.common import (base_parser, label_axes, log_table, mean_band, parse_values, plt, run_cli, start_cli,
+                                write_results)
+from experiments.image_setup import (DIFFUSION_METHODS, ImageSetup, add_model_arguments, defense_seeds,
+                                     image_metadata, load_setup, method_fields)
 
 NAME = "speed"
 logger = logging.getLogger(__name__)
@@ -86,28 +85,23 @@ def plot(rows: list[dict], caption: str) -> plt.Figure:
         err = [mean - [r["ci_low"] for r in curve], [r["ci_high"] for r in curve] - mean]
         ax.errorbar([r["t_star"] for r in curve], mean, yerr=err, fmt="o-" if mode == "purify" else "s--",
                     capsize=3, markersize=4, color=color, label=f"{method} ({mode})")
-    ax.set_xlabel("purification start t* (diffusion time)")
-    ax.set_ylabel("wall-clock time per image (s)")
     ax.set_ylim(bottom=0.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(caption, fontsize=9)
+    label_axes(ax, "purification start t* (diffusion time)", "wall-clock time per image (s)", caption, title_size=9,
+               legend_size=8)
     fig.tight_layout()
     return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Time every (method, t*, mode), write speed.{csv,json,png}."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     unknown = sorted(set(args.methods) - set(DIFFUSION_METHODS))
     if unknown or args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"need --methods from {list(DIFFUSION_METHODS)} (got unknown {unknown}), --repeats >= 1, "
                          f"--warmup >= 0")
     device = torch.device(args.device)
     setup = load_setup(args)
-    coup = resolve_purifier_config(setup.purifier_config("coup", **given_fields(guidance_scale=args.guidance_scale)))
+    coup = setup.coup_config(guidance_scale=args.guidance_scale)
     seeds = defense_seeds(args.seed, setup.images.indices)
     modes = ["purify", "purify+grad"] if args.with_grad else ["purify"]
     n_images, rows = len(setup.images.y), []
@@ -127,12 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     environment = {"device": str(device), "torch_threads": torch.get_num_threads(),
                    "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     payload = {"experiment": NAME, "guidance_scale": coup.guidance_scale, "environment": environment, "rows": rows,
-               "metadata": run_metadata(argv, seeds=seeds_record(setup, args.seed), config=config_record(setup))}
-    write_json(out / "speed.json", payload)
-    write_csv(out / "speed.csv", rows)
+               "metadata": image_metadata(setup, argv, args.seed)}
     caption = (f"{n_images} images, batch {setup.batch_size}, {environment['device']}, "
                f"{environment['torch_threads']} thread(s), dt = {coup.dt:g}, COUP λ = {coup.guidance_scale:g}")
-    save_figure(plot(rows, caption), out / "speed.png")
+    write_results(out, NAME, payload, rows, plot(rows, caption))
     log_table(rows, ["method", "t_star", "mode", "solver_steps", "seconds_per_image", "ci_low", "ci_high"])
     return payload
 

@@ -15,12 +15,11 @@ from typing import Optional, Sequence
 import torch
 
 from attacks.registry import Attack
-from experiments.common import (PointStore, argv_or_sys, base_parser, log_table, parse_values, plt, run_cli,
-                                run_metadata, save_figure, start_run, wilson_row, write_csv, write_json)
+from experiments.common import (PointStore, base_parser, label_axes, log_table, parse_values, plt, run_cli, start_cli,
+                                wilson_row, write_results)
 from experiments.image_setup import (ImageSetup, add_attack_arguments, add_model_arguments, attack_images,
-                                     config_record, defense_seeds, given_fields, load_setup, make_attack, predict,
+                                     config_record, defense_seeds, image_metadata, load_setup, make_attack, predict,
                                      seeds_record)
-from runners.purifiers import resolve_purifier_config
 
 NAME = "sweeps"
 logger = logging.getLogger(__name__)
@@ -90,28 +89,22 @@ def plot(rows: list[dict], score: str, fixed: dict[str, float], attack_name: str
             err = [[100 * (r[f"{name}_acc"] - r[f"{name}_ci_low"]) for r in curve],
                    [100 * (r[f"{name}_ci_high"] - r[f"{name}_acc"]) for r in curve]]
             ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, markersize=4, label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.set_title(f"COUP, {held}, {curve[0]['images'] if curve else 0} images (95 % Wilson CI)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
+        label_axes(ax, xlabel, "accuracy (%)",
+                   f"COUP, {held}, {curve[0]['images'] if curve else 0} images (95 % Wilson CI)")
     fig.tight_layout()
     return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run (or resume) both sweeps, write sweeps.{csv,json,png} and points/*.json to --out."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     setup = load_setup(args)
-    coup = resolve_purifier_config(setup.purifier_config("coup", **given_fields(
-        t_star=args.fixed_t_star, guidance_scale=args.fixed_guidance_scale)))
+    coup = setup.coup_config(args.fixed_t_star, args.fixed_guidance_scale)
     fixed = {"t_star": coup.t_star, "guidance_scale": coup.guidance_scale}
     attack, params = make_attack(setup, args)
-    seeds = seeds_record(setup, args.seed)
-    store = PointStore(out, {"config": config_record(setup), "attack": [args.attack, params], "seeds": seeds})
+    store = PointStore(out, {"config": config_record(setup), "attack": [args.attack, params],
+                             "seeds": seeds_record(setup, args.seed)})
     sweeps = {"t_star": [(t, fixed["guidance_scale"]) for t in args.t_stars],
               "lambda": [(fixed["t_star"], lam) for lam in args.lambdas]}
     results = {}
@@ -129,11 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise ValueError(f"--score {args.score!r} is not a scoring rule of {args.attack}; "
                          f"choose one of {sorted(results[next(iter(results))]['robust_correct'])}")
     payload = {"experiment": NAME, "fixed": fixed, "attack": {"name": args.attack, "params": params},
-               "metadata": run_metadata(argv, seeds=seeds, config=config_record(setup)), "rows": rows,
-               "points": results}
-    write_json(out / "sweeps.json", payload)
-    write_csv(out / "sweeps.csv", rows)
-    save_figure(plot(rows, args.score, fixed, args.attack), out / "sweeps.png")
+               "metadata": image_metadata(setup, argv, args.seed), "rows": rows, "points": results}
+    write_results(out, NAME, payload, rows, plot(rows, args.score, fixed, args.attack))
     log_table(rows, ["sweep", "t_star", "guidance_scale", "clean_acc", f"{args.score}_acc"])
     return payload
 

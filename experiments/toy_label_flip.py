@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from experiments.common import (argv_or_sys, base_parser, log_table, parse_values, plt, run_cli, run_metadata,
-                                save_figure, start_run, wilson_row, write_csv, write_json)
+from experiments.common import (base_parser, label_axes, log_table, parse_values, plt, run_cli, run_metadata, start_cli,
+                                wilson_row, write_results)
 from experiments.toy_mixture import NOISE_MODELS, ToySetting, classifier_accuracy, flip_mask
-from runners.noise import derive_seeds
+from utils.seeds import derive_seeds
 
 NAME = "toy_label_flip"
 DEFAULT_NOISE = ("boundary=0,0.1,0.25,0.5", "label=0,0.5,0.9")
@@ -114,11 +114,9 @@ def plot(rows: list[dict], setting: ToySetting, n_paths: int) -> plt.Figure:
                                 color=color, alpha=0.25, linewidth=0)
                 ax.plot(lam, [r["p"] for r in curve], "o-", color=color, markersize=3.5,
                         label=f"δ = {delta:g} (clf. acc. {curve[0]['classifier_accuracy']:.3f})")
-            ax.set_title(f"{NOISE_TITLES.get(kind, kind)}, start x = +{start:g} (true class 1)", fontsize=10)
-            ax.set_xlabel("guidance scale λ (dimensionless)")
-            ax.set_ylabel("label-flip probability (fraction of paths)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, title="classifier noise", title_fontsize=8)
+            label_axes(ax, "guidance scale λ (dimensionless)", "label-flip probability (fraction of paths)",
+                       f"{NOISE_TITLES.get(kind, kind)}, start x = +{start:g} (true class 1)", legend_size=8,
+                       legend_title="classifier noise")
     mixture = f"½N(−{setting.mu:g}, {setting.s:g}²) + ½N({setting.mu:g}, {setting.s:g}²)"
     fig.suptitle(f"Guided reverse VP-SDE on {mixture}: t* = {setting.t_star:g}, Euler–Maruyama dt = {setting.dt:g}, "
                  f"{n_paths} paths/point, bands: 95 % Wilson CI", fontsize=10)
@@ -128,9 +126,7 @@ def plot(rows: list[dict], setting: ToySetting, n_paths: int) -> plt.Figure:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the toy, write flip_probability.{csv,json,png} to --out; returns the JSON payload."""
-    argv = argv_or_sys(argv)
-    args = build_parser().parse_args(argv)
-    out = start_run(args)
+    argv, args, out = start_cli(build_parser(), argv)
     if args.paths < 1:
         raise ValueError(f"--paths must be >= 1, got {args.paths}")
     setting = ToySetting(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ToySetting)})
@@ -141,9 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     payload = {"experiment": NAME, "setting": dataclasses.asdict(setting), "paths_per_point": args.paths,
                "flip_definition": "x_start = +start (true class 1); flip = end point x_0 < 0 (Bayes boundary)",
                "metadata": run_metadata(argv, seed=args.seed), "rows": rows}
-    write_json(out / "flip_probability.json", payload)
-    write_csv(out / "flip_probability.csv", rows)
-    save_figure(plot(rows, setting, args.paths), out / "flip_probability.png")
+    write_results(out, "flip_probability", payload, rows, plot(rows, setting, args.paths))
     log_table(rows, ["noise", "delta", "start", "guidance_scale", "flips", "p", "ci_low", "ci_high",
                      "diff_vs_lambda0", "diff_ci_low", "diff_ci_high"])
     return payload

@@ -163,9 +163,10 @@ class AIDPurifier(Purifier):
     sign(grad log D) = sign(grad D) = sign(grad logit D), so this is the release's step (which ascends the
     sigmoid output) wherever its gradient does not underflow. Attack gradients (grad_mode):
     - 'exact': sign() has zero derivative almost everywhere, so the exact Jacobian of the purifier is the
-      diagonal 0/1 mask of the clips, J_{k+1} = a_k (1 - b_k + b_k J_k) with J_0 = 1, a_k = [0 < x_{k+1} < 1]
-      unclipped, b_k = [|x_k + alpha s_k - x0| < eps]; D contributes nothing. The sign is therefore computed
-      without a graph through D and autograd differentiates only the clips.
+      diagonal 0/1 mask of the clips, J_{k+1} = a_k (1 - b_k + b_k J_k) with J_0 = 1, d_k = x_k + alpha s_k - x0,
+      b_k = [|d_k| < eps], a_k = [0 < x0 + clip_eps(d_k) < 1] (a value on a bound counts as clipped, as in
+      autograd's clamp); D contributes nothing. The sign is therefore computed without a graph through D,
+      and autograd differentiates only the clips.
     - 'create_graph': keeps D's gradient in the outer graph (create_graph=True); the same value at a higher
       cost, to verify the claim above.
     - 'bpda': the backward is the identity (x + (P(x) - x).detach()).

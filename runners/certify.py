@@ -18,7 +18,8 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from runners.noise import derive_seeds, per_row_normal
+from runners.noise import per_row_normal
+from utils.seeds import derive_seeds
 
 ABSTAIN = -1
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2

@@ -1,17 +1,13 @@
-"""Certification results on disk: Cohen's resumable TSV with a config-hash sidecar, the accuracy-vs-radius table and
-plot, and the provenance (package versions, git hash) saved with them."""
+"""Certification results on disk: Cohen's resumable TSV with a config-hash sidecar (which also holds each run's
+provenance, see utils.provenance), and the accuracy-vs-radius table and plot."""
 from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,7 +19,6 @@ from utils.stats import wilson_interval
 log = logging.getLogger(__name__)
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time")
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "timm", "matplotlib", "PyYAML")
 
 
 class ResultsMismatch(RuntimeError):
@@ -60,36 +55,6 @@ def elapsed_text(seconds: float) -> str:
 def config_hash(config: dict[str, Any]) -> str:
     """16 hex digits of sha256 over the canonical JSON of `config`."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def git_revision(repo_dir: Path) -> dict[str, Any]:
-    """{'commit': HEAD hash or None, 'dirty': uncommitted changes or None} of the repository at repo_dir."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages the results depend on (None if absent), and Python's."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def provenance(repo_dir: Path) -> dict[str, Any]:
-    """What produced a result: command line, start time, package versions, git revision."""
-    return {"argv": list(sys.argv), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "versions": package_versions(), "git": git_revision(repo_dir)}
 
 
 class ResultsTSV:

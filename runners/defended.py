@@ -8,11 +8,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from runners.noise import derive_seeds
-from runners.purifiers import DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig
+from runners.purifiers import (DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig,
+                               resolve_purifier_config)
 from score_sde.adapter import VPBackbone
 from utils.config import from_dict
 from utils.registry import Registry
+from utils.seeds import derive_seeds
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PurifierSpec:
 
     config_type: type
     build: Callable[[Any, PurifierContext], Purifier]
+    resolve: Callable[[Any], Any] = lambda config: config
 
 
 def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
@@ -49,14 +51,15 @@ def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
 PURIFIERS: Registry[PurifierSpec] = Registry("purifier")
 PURIFIERS.register("none")(PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier()))
 for _name in ("coup", "diffpure", "reverse_only"):
-    PURIFIERS.register(_name)(PurifierSpec(PurifierConfig, _diffusion))
+    PURIFIERS.register(_name)(PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config))
 
 
 def parse_purifier_config(raw: dict[str, Any]) -> Any:
-    """Read YAML `purifier:` into the config dataclass of the named kind (validated)."""
+    """Read YAML `purifier:` into the config dataclass of the named kind, validated and presets resolved."""
     if not isinstance(raw, dict) or "name" not in raw:
         raise ValueError(f"purifier: needs a 'name' (one of {', '.join(PURIFIERS.names())})")
-    return from_dict(PURIFIERS.get(raw["name"]).config_type, raw, "purifier")
+    spec = PURIFIERS.get(raw["name"])
+    return spec.resolve(from_dict(spec.config_type, raw, "purifier"))
 
 
 def build_purifier(config: Any, context: PurifierContext) -> Purifier:

@@ -3,17 +3,7 @@ from __future__ import annotations
 
 import torch
 
-_SEED_HIGH = 2**62
-
-
-def derive_seeds(base_seed: int, *keys: torch.Tensor | int) -> torch.Tensor:
-    """Mix a base seed with integer keys (e.g. dataset index, step, sample) into (B,) int64 seeds."""
-    mixed = torch.as_tensor(base_seed, dtype=torch.int64)
-    for key in keys:
-        # splitmix-style mixing in int64 arithmetic (wrap-around is intended)
-        mixed = (mixed * 6364136223846793005 + torch.as_tensor(key, dtype=torch.int64) + 1442695040888963407)
-        mixed = mixed ^ (mixed >> 29)
-    return mixed.abs() % _SEED_HIGH
+from utils.seeds import SEED_BITS, derive_seeds
 
 
 def per_row_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device,
@@ -43,4 +33,4 @@ class NoiseSource:
             return noise_seeds
         if self.fixed:
             return derive_seeds(self.seed, torch.arange(batch_size))
-        return torch.randint(_SEED_HIGH, (batch_size,), generator=self._generator, dtype=torch.int64)
+        return torch.randint(1 << SEED_BITS, (batch_size,), generator=self._generator, dtype=torch.int64)

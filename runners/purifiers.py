@@ -11,7 +11,7 @@ from torch import nn
 
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
-from runners.solvers import TimeGrid, solve_exact, solve_torchsde
+from runners.solvers import ScoreFn, StepCallback, TimeGrid, solve_exact, solve_torchsde
 from score_sde.adapter import VPBackbone
 from score_sde.sde import DiscreteDDPMSchedule
 from utils.config import require
@@ -125,8 +125,12 @@ class DiffusionPurifier(Purifier):
         return table.transpose(0, 1)
 
     def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Purify x (B, C, H, W) in [0, 1]; noise_seeds (B,) fixes each row's path; labels for label_mode 'given'."""
+                labels: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None) -> torch.Tensor:
+        """Purify x (B, C, H, W) in [0, 1]; noise_seeds (B,) fixes each row's path; labels for label_mode 'given'.
+
+        callback(k, tau_k, x_{k+1}) sees each Euler step's state in [-1, 1] (backend 'exact' only; it is called
+        on passes without gradient tracking, e.g. under torch.no_grad()). It does not change the output.
+        """
         check_images(x)
         if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
             raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
@@ -136,22 +140,31 @@ class DiffusionPurifier(Purifier):
         if self.config.forward_noise:
             x_start = math.sqrt(self.alpha_bar) * x_start + math.sqrt(1.0 - self.alpha_bar) * z[0]
         labels = self.guided.path_labels(x, labels)
-        x_out = BACKENDS.get(self.config.backend)(self, lambda x_t, t: self.guided(x_t, t, labels), x_start, z[1:])
+        solve = BACKENDS.get(self.config.backend)
+        x_out = solve(self, lambda x_t, t: self.guided(x_t, t, labels), x_start, z[1:], callback)
         if self.config.clamp_output:
             x_out = x_out.clamp(-1.0, 1.0)
         return to_image_space(x_out)
 
-    def solve_exact(self, score_fn, x_start: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The exact, step-checkpointed Euler-Maruyama backend."""
-        return solve_exact(self.backbone.sde, score_fn, x_start, self.grid, z, checkpoint=self.config.checkpoint)
+    def solve_exact(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
+                    callback: Optional[StepCallback] = None) -> torch.Tensor:
+        """The exact, step-checkpointed Euler-Maruyama backend, with an optional per-step callback."""
+        return solve_exact(self.backbone.sde, score_fn, x_start, self.grid, z, checkpoint=self.config.checkpoint,
+                           callback=callback)
 
-    def solve_torchsde(self, score_fn, x_start: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """torchsde sdeint / sdeint_adjoint (networks frozen unless adjoint_over_networks)."""
+    def solve_torchsde(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
+                       callback: Optional[StepCallback] = None) -> torch.Tensor:
+        """torchsde sdeint / sdeint_adjoint (networks frozen unless adjoint_over_networks); no step callbacks."""
+        if callback is not None:
+            raise ValueError("a step callback needs the exact solver: set purifier.backend to 'exact'")
         networks = nn.ModuleList([m for m in (self.backbone, self.guidance_classifier) if m is not None])
         return solve_torchsde(self.backbone.sde, score_fn, x_start, self.grid, z,
                               networks=networks if self.config.adjoint_over_networks else None)
 
 
-BACKENDS: Registry[Callable] = Registry("solver backend")
+# a backend integrates the reverse SDE: (purifier, score_fn, x_start, z, callback) -> x at t_end, in [-1, 1]
+SolverBackend = Callable[[DiffusionPurifier, ScoreFn, torch.Tensor, torch.Tensor, Optional[StepCallback]],
+                         torch.Tensor]
+BACKENDS: Registry[SolverBackend] = Registry("solver backend")
 BACKENDS.register("exact")(DiffusionPurifier.solve_exact)
 BACKENDS.register("torchsde")(DiffusionPurifier.solve_torchsde)

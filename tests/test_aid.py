@@ -1,4 +1,4 @@
-"""AID-Purifier: feature taps, D's architecture and parameter count, purification, AVmixup, training, registry, attack."""
+"""AID-Purifier: feature taps, D's architecture and size, purification, AVmixup, training, registry, joint attack."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ from torch import nn
 
 from attacks.aid_joint import PGDAIDJoint, PGDAIDJointConfig
 from attacks.pgd import PGDEOT, PGDEOTConfig
-from attacks.registry import ATTACKS, attack_config
+from attacks.registry import ATTACKS
 from classifiers import ClassifierConfig, fmnist_wrn_16_2
 from classifiers.taps import TAP_NAMES, features, forward_with_taps, paper_tap_names, tap, tap_channels, tap_modules
 from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_resnet
@@ -22,8 +22,9 @@ from training import train_aid
 from training.train_aid import TrainAIDConfig, avmixup, evaluate, fit, model_card, train_step
 from utils.checkpoints import CheckpointError
 from utils.compat import import_robustbench
-from utils.config import ConfigError, read_yaml
+from utils.config import ConfigError
 from utils.data import DataConfig, ImageSet
+from utils.experiment import load_experiment
 
 torch.set_num_threads(1)
 EPS = 8.0 / 255.0
@@ -260,15 +261,11 @@ def test_joint_attack_reduces_to_pgd_and_pushes_d_up():
     assert "pgd_aid_joint" in ATTACKS
 
 
-def test_experiment_config_sections_parse():
-    raw = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "aid_fmnist.yml")
-    assert isinstance(parse_purifier_config(raw["purifier"]), AIDConfig)
-    targets = []
-    for entry in raw["attacks"]:
-        params = {k: v for k, v in entry.items() if k not in ("name", "target")}
-        attack_config(entry["name"], params)
-        targets.append(entry.get("target"))
-    assert targets == [None, None, "classifier"]
+def test_experiment_config_parses():
+    experiment = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "aid_fmnist.yml")
+    assert isinstance(experiment.purifier, AIDConfig) and experiment.purifier.taps == (1, 3)
+    assert [(a.name, a.target) for a in experiment.attacks] == [
+        ("pgd_eot", "defended"), ("pgd_aid_joint", "defended"), ("pgd_eot", "classifier")]
 
 
 def test_evaluation_numbers_and_model_card():

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import attacks.autoattack as autoattack_module
-from attacks import ATTACKS, AttackOutput, attack_config, build_attack, derive_seeds
+from attacks import ATTACKS, AttackOutput, attack_config, build_attack
 from attacks.checks import run_sanity_checks
 from attacks.common import majority_vote, score_samples, seeded_call
 from attacks.pgd import eot_gradient, straight_through
 from utils.config import ConfigError
+from utils.seeds import derive_seeds
 
-torch.set_num_threads(1)
 EPS = 8.0 / 255.0
 
 

@@ -12,7 +12,6 @@ from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_
 from utils.compat import import_robustbench
 from utils.config import ConfigError, from_dict
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -30,7 +30,6 @@ from tests.toys import TinyClassifier, gaussian_backbone
 from utils.config import from_dict
 from utils.data import DEBIAN_FASHION_MNIST, DataConfig, load_images
 
-torch.set_num_threads(1)
 DATA = Path(__file__).resolve().parent / "data"
 # 0.001 ** (1 / 10000) = exp(ln(0.001) / 10000) = exp(-6.907755279e-4), by hand (series to third order)
 HAND_P_LOWER = 1.0 - 6.907755279e-4 + 6.907755279e-4**2 / 2 - 6.907755279e-4**3 / 6

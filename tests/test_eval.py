@@ -40,14 +40,6 @@ FAST = ("run_cifar_stand_inf_guide.sh", "run_cifar_rand_L2_revonly.sh", "run_cif
 RESUME_ARGS = ["--config", str(TINY), "--num_sub", "6", "--attack", "autoattack"]  # 3 batches of 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of child runs: one thread each (like the in-process runs), plus `extra`."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
@@ -201,7 +193,8 @@ def test_dry_run_prints_resolved_config_and_loads_nothing(tmp_path, monkeypatch,
             "--output_dir", str(tmp_path)]
     assert eval_sde_adv.main(args) == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["purifier"]["name"] == "reverse_only" and config["purifier"]["guidance_scale"] is None
+    assert config["purifier"]["name"] == "reverse_only" and config["purifier"]["guidance_scale"] == 0.0
+    assert config["purifier"]["forward_noise"] is False
     assert config["purifier"]["t_star"] == pytest.approx(0.02) and config["purifier"]["dt"] == 0.005
     assert config["backbone"]["checkpoint"] == "missing.pth" and config["eval"]["adv_batch_size"] == 3
     assert [(a["name"], a.get("version")) for a in config["attacks"]][:2] == [("autoattack", "rand"), ("pgd_eot", None)]
@@ -270,3 +263,15 @@ def test_data_channels_repeat_the_gray_channel():
     gray = load_images(load_experiment(TINY, {"data.channels": None}).file.data, experiment.base_dir)
     assert rgb.x.shape == (4, 3, 32, 32) and gray.x.shape == (4, 1, 32, 32)
     assert torch.equal(rgb.x, gray.x.expand(-1, 3, -1, -1)) and torch.equal(rgb.indices, gray.indices)
+
+
+def test_examples_hold_clean_adversarial_and_purified_images(tmp_path):
+    args = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path), "--set", "eval.save_examples=2"]
+    assert eval_sde_adv.main(args) == 0
+    examples = torch.load(run_dir_of(tmp_path) / "examples.pt", weights_only=True)
+    assert examples["x"].shape == (2, 3, 32, 32) and examples["purified"].shape == (2, 3, 32, 32)
+    adv = examples["attacks"]["pgd_eot"]
+    assert (adv["x_adv"] - examples["x"]).abs().max() <= 8 / 255 + 1e-6
+    assert not torch.equal(adv["purified"], adv["x_adv"])
+    experiment = load_experiment(TINY)
+    assert torch.equal(examples["indices"], load_images(experiment.file.data, experiment.base_dir).indices[:2])

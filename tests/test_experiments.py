@@ -14,19 +14,11 @@ import pytest
 import torch
 
 from experiments import confidence_path, purified_images, salt_pepper, speed, sweeps, toy_label_flip
-from experiments.image_setup import add_model_arguments, defense_seeds, load_setup, purify_with_callback
+from experiments.image_setup import add_model_arguments, defense_seeds, load_setup
 from experiments.salt_pepper import salt_and_pepper
 from experiments.toy_mixture import MixtureBackbone, NOISE_MODELS, ToySetting, flip_mask, purify_toy
 from score_sde.sde import VPSDE
 from utils.images import to_image_space
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_mixture_score_is_the_gradient_of_the_marginal_log_density():
@@ -148,11 +140,14 @@ def test_recorded_purification_equals_the_purifier_and_calls_back_every_step(tin
     for method in ("coup", "diffpure", "reverse_only"):
         purifier = setup.purifier(method, t_star=0.03)
         calls = []
-        recorded = purify_with_callback(purifier, x, seeds, lambda k, tau, x_t: calls.append((k, tau)))
         with torch.no_grad():
-            assert torch.allclose(recorded, purifier(x, seeds), atol=1e-6), method
-        assert [k for k, _ in calls] == list(range(purifier.grid.n_steps)) == [0, 1, 2]
-        assert [tau for _, tau in calls] == pytest.approx([0.03, 0.02, 0.01])
+            recorded = purifier(x, seeds, callback=lambda k, tau, x_t: calls.append((k, tau, x_t)))
+            plain = purifier(x, seeds)
+        assert torch.allclose(recorded, plain, atol=1e-6), method
+        path_end = calls[-1][2].clamp(-1.0, 1.0) if purifier.config.clamp_output else calls[-1][2]
+        assert torch.allclose(to_image_space(path_end), plain, atol=1e-6), method
+        assert [k for k, _, _ in calls] == list(range(purifier.grid.n_steps)) == [0, 1, 2]
+        assert [tau for _, tau, _ in calls] == pytest.approx([0.03, 0.02, 0.01])
 
 
 def test_confidence_path_main(tiny_config: Path, tmp_path: Path):

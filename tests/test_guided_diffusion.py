@@ -21,14 +21,6 @@ DATA = Path(__file__).parent / "data"
 TINY = ["adm_tiny", "improved_diffusion_tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(name: str, **changes) -> UNetConfig:
     """The reference tiny model's UNetConfig, read from its config.json."""
     data = json.loads((DATA / name / "config.json").read_text())["config"]

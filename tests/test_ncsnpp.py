@@ -20,14 +20,6 @@ TINY = {"nf": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 2, "attn_resolutions":
 DEEP_PARAMS = 106_632_579
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> NCSNppConfig:
     """The reference tiny config, built the YAML way."""
     return from_dict(NCSNppConfig, {**TINY, **overrides})

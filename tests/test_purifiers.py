@@ -147,6 +147,19 @@ def test_backends_agree_with_guidance_in_both_modes():
         assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.999
 
 
+def test_step_callback_sees_every_step_and_needs_the_exact_backend():
+    x, seeds = _images(2), torch.tensor([3, 4])
+    purifier = _purifier("coup")
+    states = []
+    with torch.no_grad():
+        recorded = purifier(x, seeds, callback=lambda k, tau, x_t: states.append((k, tau, x_t)))
+    assert torch.equal(recorded, purifier(x, seeds).detach())
+    assert [(k, tau) for k, tau, _ in states] == [(k, purifier.grid.step(k)[0]) for k in range(purifier.grid.n_steps)]
+    assert torch.equal(to_image_space(states[-1][2].clamp(-1.0, 1.0)), recorded)
+    with pytest.raises(ValueError, match="exact"):
+        _purifier("coup", backend="torchsde")(x, seeds, callback=lambda k, tau, x_t: None)
+
+
 @pytest.mark.parametrize("bad,match", [
     (torch.full((1, *SHAPE), float("nan")), "NaN"),
     (torch.full((1, *SHAPE), 1.5), r"\[0, 1\]"),

@@ -27,10 +27,10 @@ from attacks.pgd import PGDEOT, PGDEOTConfig
 from classifiers import ClassifierConfig, build_classifier
 from classifiers.registry import resolve_path
 from runners.aid import WIDTH, AIDDiscriminator, AIDPurifier, build_discriminator
-from runners.noise import derive_seeds
 from utils.checkpoints import atomic_save, read_checkpoint
 from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig, ImageSet, load_images
+from utils.seeds import derive_seeds
 
 log = logging.getLogger("train_aid")
 COMMAND = "python -m training.train_aid --config {config}"

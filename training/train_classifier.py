@@ -6,10 +6,7 @@ the final state_dict and a model card next to it atomically.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +15,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from classifiers import fmnist_wrn_16_2
-from utils.config import from_dict, read_yaml, require, to_dict
+from classifiers.registry import resolve_path
+from training.common import card_tail, config_main, write_text_atomic
+from utils.checkpoints import atomic_save
+from utils.config import require
 from utils.data import DEBIAN_FASHION_MNIST, fashion_mnist_idx, pad_images, subset_indices
 
 log = logging.getLogger("train_classifier")
@@ -62,15 +61,9 @@ class TrainConfig:
         require(self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
 
 
-def resolve(path: str, base: Path) -> Path:
-    """path if absolute, else base / path."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else base / candidate
-
-
 def load_split(config: TrainConfig, base: Path, split: str, subset: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 1, 32, 32) zero-padded from 28x28, and int64 labels (N,), of a Fashion-MNIST split."""
-    directory = DEBIAN_FASHION_MNIST if config.data_dir is None else resolve(config.data_dir, base)
+    directory = DEBIAN_FASHION_MNIST if config.data_dir is None else resolve_path(config.data_dir, base)
     images, labels = fashion_mnist_idx(directory, split)
     keep = subset_indices(len(labels), subset, config.data_seed)
     x = pad_images(torch.from_numpy(images[keep]).unsqueeze(1), 32)
@@ -122,14 +115,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(labels)
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file next to path, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def build_training(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, torch.optim.Optimizer,
                                                                        torch.optim.lr_scheduler.LRScheduler]:
     """Model (seeded init), SGD (Nesterov) and a per-step cosine schedule over all epochs."""
@@ -157,16 +142,7 @@ def model_card(config: TrainConfig, config_path: Path, weights_name: str, accura
         f"cosine schedule per step, batch {config.batch_size}, random crop (padding {config.crop_padding}) "
         f"and horizontal flip {config.horizontal_flip}; seed {config.seed}.",
         f"- Measured clean test accuracy: **{100.0 * accuracy:.2f} %**.",
-        f"- Training time: {seconds / 60.0:.1f} min on {platform.machine()} CPU, "
-        f"{config.num_threads} thread(s), torch {torch.__version__}.",
-        f"- Reproduce: `{COMMAND.format(config=config_path)}`",
-        "",
-        "## Config",
-        "",
-        "```yaml",
-        yaml.safe_dump(to_dict(config), sort_keys=False).rstrip(),
-        "```",
-        "",
+        *card_tail(config, config_path, COMMAND, seconds),
     ]
     return "\n".join(lines)
 
@@ -180,7 +156,7 @@ def run_training(config: TrainConfig, config_path: Path) -> float:
     steps_per_epoch = -(-len(train_y) // config.batch_size)
     model, optimizer, scheduler = build_training(config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
-    checkpoint_path, start_epoch, seconds = resolve(config.checkpoint, base), 0, 0.0
+    checkpoint_path, start_epoch, seconds = resolve_path(config.checkpoint, base), 0, 0.0
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -200,29 +176,17 @@ def run_training(config: TrainConfig, config_path: Path) -> float:
                      "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                      "epoch": epoch + 1, "seconds": seconds}, checkpoint_path)
     accuracy = evaluate(model, test_x, test_y, config.eval_batch_size)
-    output = resolve(config.output, base)
+    output = resolve_path(config.output, base)
     atomic_save({name: value.contiguous() for name, value in model.state_dict().items()}, output)
     card = output.with_suffix(".md")
-    card.with_name(card.name + ".tmp").write_text(model_card(config, config_path, output.name, accuracy, seconds))
-    os.replace(card.with_name(card.name + ".tmp"), card)
+    write_text_atomic(model_card(config, config_path, output.name, accuracy, seconds), card)
     log.info("test accuracy %.4f; weights written to %s, model card to %s", accuracy, output.resolve(), card.resolve())
     return accuracy
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="YAML training config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = from_dict(TrainConfig, read_yaml(args.config), str(args.config))
-    if args.dry_run:
-        base = args.config.parent
-        log.info("resolved config:\n%s\nweights -> %s\ncheckpoint -> %s", yaml.safe_dump(to_dict(config), sort_keys=False),
-                 resolve(config.output, base).resolve(), resolve(config.checkpoint, base).resolve())
-        return
-    run_training(config, args.config)
+    config_main(__doc__.splitlines()[0], TrainConfig, run_training, log, argv)
 
 
 if __name__ == "__main__":

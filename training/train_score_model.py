@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from score_sde import NCSNpp, NCSNppConfig, ScoreSDEBackbone, VPSDE, save_score_checkpoint  # noqa: E402
+from training.common import write_text_atomic  # noqa: E402
 from utils.config import from_dict, read_yaml, require, to_dict  # noqa: E402
 from utils.data import DataConfig, load_images  # noqa: E402
 from utils.images import to_diffusion_space  # noqa: E402
@@ -88,7 +88,7 @@ def write_card(cfg: ScoreTrainingFile, base_dir: Path, config_path: Path, result
     """A small model card next to the weights: data, config, steps, seed, measured loss, command."""
     card = (base_dir / cfg.train.output).with_suffix(".md")
     model = ", ".join(f"{k}: {v}" for k, v in to_dict(cfg.model).items())
-    card.write_text(
+    write_text_atomic(
         f"# {Path(cfg.train.output).name}\n\n"
         f"NCSN++ score model (VP-SDE, continuous, EMA {cfg.train.ema_decay}) trained by this repository.\n\n"
         f"- data: {cfg.data.name} {cfg.data.split} split, padded to {cfg.data.pad_to}, scaled to [-1, 1]\n"
@@ -99,7 +99,7 @@ def write_card(cfg: ScoreTrainingFile, base_dir: Path, config_path: Path, result
         f"seed {cfg.train.seed}\n"
         f"- measured: held-out DSM loss (EMA weights, {cfg.train.eval_images} test images, "
         f"E||eps - z||^2 per pixel) = {result['heldout_dsm_loss_ema']:.5f}\n"
-        f"- reproduce: `python training/train_score_model.py --config {config_path}`\n")
+        f"- reproduce: `python training/train_score_model.py --config {config_path}`\n", card)
     return card
 
 

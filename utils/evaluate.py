@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.common import AttackOutput, derive_seeds, score_samples
+from attacks.common import AttackOutput, score_samples
 from attacks.registry import Attack, build_attack
 from runners.defended import DefendedClassifier
 from runners.noise import NoiseSource
 from runners.purifiers import IdentityPurifier
 from utils.experiment import AttackSpec, Experiment
+from utils.seeds import derive_seeds
 
 # keys mixed into the derived seeds, distinct from the attacks' stage tags (attacks.common.STAGE_*)
 CLEAN_NOISE_KEY, BATCH_SEED_KEY = 1000, 1001
@@ -65,7 +66,7 @@ def pending_batches(batches: list[Batch], indices: list[int], done: set[int], ra
 
 def batch_seed(seed: int, number: int) -> int:
     """The attack seed of batch `number`: a hash of (eval.seed, number), < 2^31."""
-    return int(derive_seeds(seed, torch.tensor([number]), BATCH_SEED_KEY)[0]) % (1 << SEED_BITS)
+    return int(derive_seeds(seed, number, BATCH_SEED_KEY)) % (1 << SEED_BITS)
 
 
 def clean_noise_seeds(seed: int, indices: torch.Tensor) -> torch.Tensor:
@@ -144,15 +145,30 @@ def run_attack(run: AttackRun, models: Models, x: torch.Tensor, y: torch.Tensor,
 
 
 def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                   batch: Batch, eval_seed: int, evaluate_classifier: bool) -> list[dict[str, Any]]:
-    """Records (one per image) of batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,)."""
+                   batch: Batch, eval_seed: int, evaluate_classifier: bool
+                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, AttackOutput]]]:
+    """Records (one per image) of batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,),
+    and the attack outputs by attack key and model."""
     seed = batch_seed(eval_seed, batch.number)
     noise_seeds = clean_noise_seeds(eval_seed, indices)
     for model in (models.defended, models.classifier):
         reseed_unseeded_noise(model, seed)
     clean = clean_outcomes(models, x, noise_seeds)
     results = {run.key: run_attack(run, models, x, y, indices, seed, evaluate_classifier) for run in runs}
-    return [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])]
+    return [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])], results
+
+
+@torch.no_grad()
+def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, eval_seed: int,
+                   results: dict[str, dict[str, AttackOutput]], count: int) -> dict[str, Any]:
+    """The first `count` images: clean, purified clean, and per attack x_adv and purified x_adv (all in [0, 1])."""
+    keep = slice(0, count)
+    seeds = clean_noise_seeds(eval_seed, indices[keep]).to(x.device)
+    purify = models.defended.purifier
+    attacks = {key: {"x_adv": out["defended"].x_adv[keep].cpu(),
+                     "purified": purify(out["defended"].x_adv[keep], seeds).cpu()} for key, out in results.items()}
+    return {"x": x[keep].cpu(), "y": y[keep].cpu(), "indices": indices[keep].cpu(),
+            "purified": purify(x[keep], seeds).cpu(), "attacks": attacks}
 
 
 def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,

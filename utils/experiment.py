@@ -26,9 +26,11 @@ class EvalConfig:
     adv_batch_size: int = 64
     output_dir: str = "../results"
     evaluate_classifier: bool = False
+    save_examples: int = 0  # keep the first K images of batch 0 (clean, adversarial, purified) in examples.pt
 
     def __post_init__(self) -> None:
         require(self.adv_batch_size >= 1, f"eval.adv_batch_size must be >= 1, got {self.adv_batch_size}")
+        require(self.save_examples >= 0, f"eval.save_examples must be >= 0, got {self.save_examples}")
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,16 @@
 plus everything needed to reproduce it (resolved config, seeds, package versions, git hash, check flags)."""
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from utils.evaluate import attack_keys
 from utils.experiment import AttackSpec, Experiment
+from utils.provenance import git_hash, package_versions
 from utils.stats import wilson_interval
 
-PACKAGES = ("torch", "torchsde", "pyautoattack", "robustbench", "numpy")
-REPO_DIR = Path(__file__).resolve().parent.parent
 MODELS = ("defended", "classifier")
 SEED_DERIVATION = ("batch b attacks with seed hash(eval, b) and restarts the purifier's unseeded noise from it; "
                    "image i's clean forward uses noise seed hash(eval, i); both are in every result line")
@@ -29,28 +26,6 @@ class RunInfo:
     config_hash: str
     batch_seeds: dict[int, int]
     world_size: int
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages results depend on ('not installed' when missing)."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def git_hash(repo: Path = REPO_DIR) -> str:
-    """The repository's HEAD commit, with '+dirty' if tracked files changed; 'unknown' outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def accuracy(hits: list[bool]) -> dict[str, Any]:
