@@ -149,6 +149,13 @@ def _resampler(up: bool, down: bool, use_fir: bool, fir_kernel: Sequence[int]) -
     return fir.naive_upsample_2d if up else fir.naive_downsample_2d
 
 
+def add_time_then_conv(block: nn.Module, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+    """Second half of both residual blocks: h + Dense_0(act(temb)), then Conv_1(Dropout_0(act(GroupNorm_1(.))))."""
+    if temb is not None:
+        h = h + block.Dense_0(block.act(temb))[:, :, None, None]
+    return block.Conv_1(block.Dropout_0(block.act(block.GroupNorm_1(h))))
+
+
 class ResnetBlockBigGAN(nn.Module):
     """BigGAN residual block of NCSN++ with optional x2 up/down-sampling of both branches."""
 
@@ -175,10 +182,7 @@ class ResnetBlockBigGAN(nn.Module):
         h = self.act(self.GroupNorm_0(x))
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)
-        h = self.Conv_0(h)
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+        h = add_time_then_conv(self, self.Conv_0(h), temb)
         if self.Conv_2 is not None:
             x = self.Conv_2(x)
         return skip_sum(x, h, self.skip_rescale)
@@ -204,10 +208,7 @@ class ResnetBlockDDPM(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in, H, W), temb (B, temb_dim) or None -> (B, out, H, W)."""
-        h = self.Conv_0(self.act(self.GroupNorm_0(x)))
-        if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+        h = add_time_then_conv(self, self.Conv_0(self.act(self.GroupNorm_0(x))), temb)
         if self.NIN_0 is not None:
             x = self.NIN_0(x)
         return skip_sum(x, h, self.skip_rescale)

@@ -26,7 +26,6 @@ from utils.config import ConfigError
 from utils.data import DataConfig, ImageSet
 from utils.experiment import load_experiment
 
-torch.set_num_threads(1)
 EPS = 8.0 / 255.0
 
 

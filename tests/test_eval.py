@@ -275,3 +275,22 @@ def test_examples_hold_clean_adversarial_and_purified_images(tmp_path):
     assert not torch.equal(adv["purified"], adv["x_adv"])
     experiment = load_experiment(TINY)
     assert torch.equal(examples["indices"], load_images(experiment.file.data, experiment.base_dir).indices[:2])
+
+
+def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
+    from utils import report
+
+    base = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path / "runs"),
+            "--set", "eval.save_examples=1", "--num_sub", "2"]
+    for purifier in ("coup", "none"):
+        assert eval_sde_adv.main([*base, "--purifier", purifier]) == 0
+    capsys.readouterr()
+    assert report.main(["--results", str(tmp_path / "runs"), "--config", str(TINY), "--out", str(tmp_path / "out"),
+                        "--title", "Budget line"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "defense" not in line]
+    assert printed.startswith("Budget line\n") and (tmp_path / "out" / "table.md").read_text() == printed
+    assert [row.split(" |")[0] for row in rows] == ["| none (classifier only)", "| coup (t* 0.01, dt 0.005, lambda 1, "
+                                                    "detached grads)"]
+    assert all(cell.count("[") == 1 for row in rows for cell in row.split(" | ")[1:])
+    assert (tmp_path / "out" / "examples.png").stat().st_size > 0

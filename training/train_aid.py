@@ -9,10 +9,7 @@ weights (an AIDHead state_dict) atomically and a model card next to them.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +17,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from attacks.pgd import PGDEOT, PGDEOTConfig
 from classifiers import ClassifierConfig, build_classifier
 from classifiers.registry import resolve_path
 from runners.aid import WIDTH, AIDDiscriminator, AIDPurifier, build_discriminator
+from training.common import card_tail, config_main, write_text_atomic
 from utils.checkpoints import atomic_save, read_checkpoint
-from utils.config import from_dict, read_yaml, require, to_dict
+from utils.config import require
 from utils.data import DataConfig, ImageSet, load_images
 from utils.seeds import derive_seeds
 
@@ -172,25 +169,9 @@ def model_card(config: TrainAIDConfig, config_path: Path, weights_name: str, met
         f"alpha eps/4): "
         f"clean {pct['acc_clean']} -> purified {pct['acc_clean_purified']}; adversarial {pct['acc_adv']} -> "
         f"purified {pct['acc_adv_purified']}.",
-        f"- Training time: {seconds / 60.0:.1f} min on {platform.machine()} CPU, {config.num_threads} thread(s), "
-        f"torch {torch.__version__}.",
-        f"- Reproduce: `{COMMAND.format(config=config_path)}`",
-        "",
-        "## Config",
-        "",
-        "```yaml",
-        yaml.safe_dump(to_dict(config), sort_keys=False).rstrip(),
-        "```",
-        "",
+        *card_tail(config, config_path, COMMAND, seconds),
     ]
     return "\n".join(lines)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write text to a temporary file next to path, then rename over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resume(discriminator: AIDDiscriminator, optimizer: torch.optim.Optimizer,
@@ -253,19 +234,7 @@ def run_training(config: TrainAIDConfig, config_path: Path) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="YAML training config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = from_dict(TrainAIDConfig, read_yaml(args.config), str(args.config))
-    if args.dry_run:
-        base = args.config.parent
-        log.info("resolved config:\n%s\nweights -> %s\ncheckpoint -> %s",
-                 yaml.safe_dump(to_dict(config), sort_keys=False), resolve_path(config.output, base).resolve(),
-                 resolve_path(config.checkpoint, base).resolve())
-        return
-    run_training(config, args.config)
+    config_main(__doc__.splitlines()[0], TrainAIDConfig, run_training, log, argv)
 
 
 if __name__ == "__main__":

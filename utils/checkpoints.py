@@ -94,6 +94,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp_name)
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):

@@ -42,7 +42,7 @@ def defense_label(summary: dict[str, Any]) -> str:
     name = summary["purifier"]
     if name == "none":
         return "none (classifier only)"
-    label = f"{name} (t* {purifier['t_star']}"
+    label = f"{name} (t* {purifier['t_star']:g}, dt {purifier['dt']:g}"
     if name == "coup":
         label += f", lambda {purifier['guidance_scale']:g}, {purifier['grad_mode']} grads"
     return label + ")"
@@ -54,10 +54,11 @@ def pct(entry: dict[str, Any]) -> str:
     return f"{100 * entry['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def table(runs: list[dict[str, Any]]) -> str:
+def table(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
     """One Markdown table: clean and robust accuracy (95 % CI) per defense, attack and scoring rule."""
     first = runs[0]
-    header = [f"Defenses on {first['config']['data']['name']} ({first['n']} test images, data seed "
+    header = [title] if title else []
+    header += [f"Defenses on {first['config']['data']['name']} ({first['n']} test images, data seed "
               f"{first['seeds']['data']}, eval seed {first['seeds']['eval']}). Attacks:"]
     header += sorted({f"- {key}: {text}" for run in runs for key, text in run["attacks"].items()})
     rules = [rule for rule in RULE_NAMES if any(rule in scores for run in runs
@@ -112,10 +113,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results", type=Path, required=True, help="eval.output_dir of the runs")
     parser.add_argument("--config", type=Path, required=True, help="the config file the runs used")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", help="a first line for the table, e.g. the budget and why it was chosen")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     runs = find_runs(args.results, args.config)
-    markdown = table(runs)
+    markdown = table(runs, args.title)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(markdown)
     png = figure(runs, args.out)

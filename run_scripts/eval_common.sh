@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Shared by the CIFAR-10 run scripts (sourced, never run directly). t* and lambda come from the config:
+# Shared by the CIFAR-10 and ImageNet run scripts (sourced, never run directly). t* and lambda come from the config:
 # configs/cifar10.yml for Linf, configs/cifar10_L2.yml for L2; nothing here overrides them.
 # Env: CONFIG replaces that config (e.g. configs/tiny.yml); EXTRA_ARGS is appended to the command line
 # (e.g. EXTRA_ARGS="--num_sub 64 --output_dir /scratch/results"); PURIFIER picks the method of the PGD scripts.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source utils/tcmalloc.sh
 if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 
