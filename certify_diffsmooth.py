@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,7 +274,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
         log.info("resolved config:\n%soutput -> %s", yaml.safe_dump(resolved_config(file), sort_keys=False),
                  output_dir.resolve())
         return None
-    return run(file, args.config, output_dir)
+    outputs = run(file, args.config, output_dir)
+    sys.stdout.write(outputs.table.read_text())
+    return outputs
 
 
 if __name__ == "__main__":
