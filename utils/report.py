@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 log = logging.getLogger("report")
 ORDER = ("none", "diffpure", "reverse_only", "coup", "aid")
-RULE_NAMES = {"single": "1 forward", "vote": "vote of 10", "worst": "worst of 10", "autoattack": "AutoAttack"}
+RULE_NAMES = {"single": "1 forward", "vote": "vote of K", "worst": "worst of K", "autoattack": "AutoAttack"}
 
 
 def find_runs(results: Path, config: Path) -> list[dict[str, Any]]:
@@ -73,7 +73,9 @@ def table(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
             scores = accuracy["attacks"].get(key, {})
             cells += [pct(scores[r]) if r in scores else "-" for r in rules]
         lines.append("| " + " | ".join(cells) + " |")
-    note = "Accuracy in %, 95 % Wilson CI in brackets; every attack differentiates the whole defended model."
+    samples = sorted({a["eval_samples"] for run in runs for a in run["config"]["attacks"] if "eval_samples" in a})
+    note = ("Accuracy in %, 95 % Wilson CI in brackets; every attack differentiates the whole defended model"
+            + (f"; K = {'/'.join(map(str, samples))} purifications of each adversarial image." if samples else "."))
     return "\n".join(header + ["", *lines, "", note]) + "\n"
 
 
