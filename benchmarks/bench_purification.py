@@ -1,14 +1,13 @@
 """Purification cost on CPU: solver overhead over the bare networks, input-gradient time per backend, and
 peak memory of a gradient versus the number of steps. Prints ratios measured in this one run.
 
-    python benchmarks/bench_purification.py [--repeats 5]
+    python benchmarks/bench_purification.py [--repeats 5] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import resource
 import subprocess
 import sys
 import time
@@ -28,7 +27,6 @@ from utils.images import to_image_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yml"
-logger = logging.getLogger("bench")
 
 
 def build(config: PurifierConfig) -> DiffusionPurifier:
@@ -102,26 +100,33 @@ def gradient_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
                         repeats) for name, kw in settings.items()}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM, Linux) in MiB; unlike ru_maxrss it is not inherited from the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: the memory measurement needs Linux")
+
+
 def peak_memory_child(steps: int, checkpoint: bool) -> None:
-    """(Child process) print the peak RSS growth in MiB of one gradient at `steps` steps."""
+    """(Child process) print the peak RSS growth in MiB of one gradient at `steps` steps (no warm-up: the
+    one-time allocations of the first call are counted at every step count alike)."""
     purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, checkpoint=checkpoint))
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        purifier(x[:1])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mib()
     gradient(purifier, x)()
-    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+    sys.stdout.write(json.dumps(peak_rss_mib() - base) + "\n")
 
 
 def peak_memory(steps: int, checkpoint: bool) -> float:
     """Peak RSS growth (MiB) of one batch-8 gradient, measured in a fresh process."""
-    cmd = [sys.executable, __file__, "--child-memory", str(steps), "--checkpoint", str(int(checkpoint))]
+    cmd = [sys.executable, __file__, "--child-memory", str(steps), "--checkpoint", str(int(checkpoint)),
+           "--threads", str(torch.get_num_threads())]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
 def report(repeats: int) -> None:
-    """Run every measurement and log the table with its ratios and targets."""
-    torch.set_num_threads(2)
+    """Run every measurement and print the table with its ratios."""
     lines = ["| measurement | batch 1 | batch 8 |", "|---|---|---|"]
     steps = {b: step_times(b, 10, repeats) for b in (1, 8)}
     for key in ("bare", "exact", "torchsde"):
@@ -149,10 +154,12 @@ def report(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the memory children use them too)")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
     if args.child_memory:
         peak_memory_child(args.child_memory, bool(args.checkpoint))
     else:

@@ -1,6 +1,7 @@
 """The score-model training script: the DSM loss falls, a resumed run equals an uninterrupted one, weights load."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,6 @@ def tiny_config() -> ScoreTrainingFile:
 
 
 def _with_steps(cfg: ScoreTrainingFile, steps: int, tag: str) -> ScoreTrainingFile:
-    import dataclasses
-
     train_cfg = dataclasses.replace(cfg.train, steps=steps, output=f"{tag}/score.pth", state=f"{tag}/score.resume.pth")
     return dataclasses.replace(cfg, train=train_cfg)
 
@@ -50,8 +49,7 @@ def test_dsm_loss_falls_and_resume_equals_uninterrupted_run(tiny_config, tmp_pat
     loss_early, loss_late = held_out_loss(early, test_x, seed=1), held_out_loss(late, test_x, seed=1)
     assert loss_late < 0.8 * loss_early and result["steps"] == 40
 
-    split = _with_steps(tiny_config, 3, "resumed")
-    train(split, tmp_path)
+    train(_with_steps(tiny_config, 3, "resumed"), tmp_path)
     train(_with_steps(tiny_config, 6, "resumed"), tmp_path)
     train(_with_steps(tiny_config, 6, "straight"), tmp_path)
     resumed = torch.load(tmp_path / "resumed" / "score.pth", weights_only=True)
