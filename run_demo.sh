@@ -13,7 +13,7 @@ OUT=results/demo
 ARGS=()
 if [ "${1:-}" = "--full" ]; then
   OUT=results/demo_full
-  ARGS=(--num_sub 256 --output_dir "$OUT" --set attacks.0.eot_samples=1)
+  ARGS=(--num_sub 256 --output_dir "$OUT" --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
 fi
 for purifier in none diffpure reverse_only coup; do
   "$PY" eval_sde_adv.py --config "$CONFIG" --purifier "$purifier" "${ARGS[@]}" > /dev/null
@@ -24,6 +24,6 @@ fi
 if [ "${1:-}" = "--full" ]; then
   TITLE="Full demo: 256 images, 10 reverse steps (dt 0.01), PGD 10 x 1 EOT."
 else
-  TITLE="Demo budget: 32 images, 10 reverse steps (dt 0.01), PGD 10 x 3 EOT, chosen to finish in <= 10 min on 2 CPU cores."
+  TITLE="Demo budget: 32 images, 10 reverse steps (dt 0.01), PGD 8 x 2 EOT, chosen to finish in <= 10 min on 2 CPU cores."
 fi
 "$PY" -m utils.report --results "$OUT" --config "$CONFIG" --out "$OUT" --title "$TITLE"
