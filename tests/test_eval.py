@@ -294,3 +294,30 @@ def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
                                                     "detached grads)"]
     assert all(cell.count("[") == 1 for row in rows for cell in row.split(" | ")[1:])
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, purifier, label", [
+    ("diffpure", {"t_star": 0.1, "dt": 0.01, "guidance_scale": 0.0, "grad_mode": "full"}, "diffpure (t* 0.1, dt 0.01)"),
+    ("coup", {"t_star": 0.1, "dt": 0.01, "guidance_scale": 2.0, "grad_mode": "full"},
+     "coup (t* 0.1, dt 0.01, lambda 2, full grads)"),
+    ("aid", {"def_step": 10, "eps": 8 / 255, "grad_mode": "exact"}, "aid (10 steps, eps 0.03137)"),
+])
+def test_report_labels_each_purifier_kind_from_its_own_fields(name, purifier, label):
+    from utils import report
+
+    assert report.defense_label({"purifier": name, "config": {"purifier": {"name": name, **purifier}}}) == label
+
+
+def test_all_attacks_counts_an_image_only_if_it_survives_every_attack():
+    from utils.summary import model_accuracy
+
+    def record(a: bool, b: bool) -> dict:
+        correct = {"pgd": {"single": a, "worst": a}, "joint": {"single": b, "worst": b and a}}
+        return {"clean": {"defended": {"correct": True}},
+                "attacks": {k: {"defended": {"correct": c}} for k, c in correct.items()}}
+
+    records = [record(True, True), record(True, False), record(False, True), record(True, True)]
+    table = model_accuracy(records, "defended", ["pgd", "joint"])
+    assert table["attacks"]["pgd"]["single"]["correct"] == 3 and table["attacks"]["joint"]["single"]["correct"] == 3
+    assert {rule: e["correct"] for rule, e in table["all_attacks"].items()} == {"single": 2, "worst": 2}
+    assert "all_attacks" not in model_accuracy(records, "defended", ["pgd"])

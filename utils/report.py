@@ -36,16 +36,20 @@ def find_runs(results: Path, config: Path) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda s: (rank.get(s["purifier"], len(ORDER)), s["grad_mode"] or ""))
 
 
+# purifier config fields shown in a run's label, in order, where the purifier has them
+LABEL_FIELDS = (("t_star", "t* {:g}"), ("dt", "dt {:g}"), ("def_step", "{} steps"), ("eps", "eps {:.4g}"))
+
+
 def defense_label(summary: dict[str, Any]) -> str:
-    """'COUP (lambda 1, full grads)' style label of a run."""
+    """'coup (t* 0.1, dt 0.01, lambda 1, full grads)' style label of a run, from its purifier config."""
     purifier = summary["config"]["purifier"]
     name = summary["purifier"]
     if name == "none":
         return "none (classifier only)"
-    label = f"{name} (t* {purifier['t_star']:g}, dt {purifier['dt']:g}"
-    if name == "coup":
-        label += f", lambda {purifier['guidance_scale']:g}, {purifier['grad_mode']} grads"
-    return label + ")"
+    parts = [fmt.format(purifier[key]) for key, fmt in LABEL_FIELDS if key in purifier]
+    if purifier.get("guidance_scale"):
+        parts += [f"lambda {purifier['guidance_scale']:g}", f"{purifier['grad_mode']} grads"]
+    return f"{name} ({', '.join(parts)})"
 
 
 def pct(entry: dict[str, Any]) -> str:
@@ -64,19 +68,23 @@ def table(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
     rules = [rule for rule in RULE_NAMES if any(rule in scores for run in runs
                                                  for scores in run["accuracy"]["defended"]["attacks"].values())]
     keys = sorted({key for run in runs for key in run["accuracy"]["defended"]["attacks"]})
+    worst = any("all_attacks" in run["accuracy"]["defended"] for run in runs)
     columns = ["defense", "clean acc. %"] + [f"{key}: {RULE_NAMES[r]} %" for key in keys for r in rules]
+    columns += [f"all attacks: {RULE_NAMES[r]} %" for r in rules] if worst else []
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for run in runs:
         accuracy = run["accuracy"]["defended"]
+        groups = [accuracy["attacks"].get(key, {}) for key in keys] + ([accuracy.get("all_attacks", {})] if worst else [])
         cells = [defense_label(run), pct(accuracy["clean"])]
-        for key in keys:
-            scores = accuracy["attacks"].get(key, {})
-            cells += [pct(scores[r]) if r in scores else "-" for r in rules]
+        cells += [pct(scores[r]) if r in scores else "-" for scores in groups for r in rules]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Accuracy in %, 95 % Wilson CI in brackets. Attacks differentiate the whole defended model unless "
+                 "marked 'crafted on the bare classifier' (transfer)"
+                 + ("; 'all attacks' counts an image only if it survives every attack." if worst else "."))
     samples = sorted({a["eval_samples"] for run in runs for a in run["config"]["attacks"] if "eval_samples" in a})
-    note = ("Accuracy in %, 95 % Wilson CI in brackets; every attack differentiates the whole defended model"
-            + (f"; K = {'/'.join(map(str, samples))} purifications of each adversarial image." if samples else "."))
-    return "\n".join(header + ["", *lines, "", note]) + "\n"
+    note = f"K = {'/'.join(map(str, samples))} purifications of each adversarial image." if samples else ""
+    return "\n".join(header + ["", *lines, *([note] if note else [])]) + "\n"
 
 
 def figure(runs: list[dict[str, Any]], out: Path, attack: Optional[str] = None) -> Optional[Path]:

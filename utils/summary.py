@@ -41,7 +41,18 @@ def model_accuracy(records: list[dict[str, Any]], model: str, keys: list[str]) -
     for key in keys:
         rules = records[0]["attacks"][key][model]["correct"]
         attacks[key] = {rule: accuracy([r["attacks"][key][model]["correct"][rule] for r in records]) for rule in rules}
-    return {"clean": accuracy([r["clean"][model]["correct"] for r in records]), "attacks": attacks}
+    table = {"clean": accuracy([r["clean"][model]["correct"] for r in records]), "attacks": attacks}
+    if len(keys) > 1:
+        table["all_attacks"] = worst_over_attacks(records, model, keys)
+    return table
+
+
+def worst_over_attacks(records: list[dict[str, Any]], model: str, keys: list[str]) -> dict[str, Any]:
+    """{rule: entry}: an image counts as robust only if it survives every attack (per-image worst case)."""
+    rules = [rule for rule in records[0]["attacks"][keys[0]][model]["correct"]
+             if all(rule in records[0]["attacks"][key][model]["correct"] for key in keys)]
+    return {rule: accuracy([all(r["attacks"][key][model]["correct"][rule] for key in keys) for r in records])
+            for rule in rules}
 
 
 def check_flags(records: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -107,7 +118,7 @@ def accuracy_rows(summary: dict[str, Any]) -> list[str]:
     rows = []
     for model, table in summary["accuracy"].items():
         rows.append(f"| {model} | clean | - | {_percent(table['clean'])} |")
-        for key, rules in table["attacks"].items():
+        for key, rules in {**table["attacks"], "all attacks (per-image worst)": table.get("all_attacks", {})}.items():
             rows.extend(f"| {model} | {key} | {rule} | {_percent(entry)} |" for rule, entry in rules.items())
     return rows
 
