@@ -1,5 +1,6 @@
 """Purification cost on CPU: solver overhead over the bare networks, input-gradient time per backend, and
-peak memory of a gradient versus the number of steps. Prints ratios measured in this one run.
+peak memory of a gradient versus the number of steps. Prints ratios measured in this one run (times: the fastest
+of --repeats interleaved rounds).
 
     python benchmarks/bench_purification.py [--repeats 5] [--threads 2]
 """
@@ -37,15 +38,28 @@ def build(config: PurifierConfig) -> DiffusionPurifier:
     return DiffusionPurifier(backbone, config, classifier)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of fn over repeats (after one warm-up call), in seconds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Fastest wall time (s) of each fn over `repeats` interleaved rounds after one warm-up call each: the rounds
+    spread the machine's drift evenly over the candidates, and the minimum is the least disturbed run."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def purify(purifier: DiffusionPurifier, x: torch.Tensor) -> Callable[[], object]:
+    """One purification of x without building a graph."""
+
+    def run() -> None:
+        with torch.no_grad():
+            purifier(x)
+
+    return run
 
 
 def bare_step(purifier: DiffusionPurifier, x: torch.Tensor) -> Callable[[], object]:
@@ -76,13 +90,11 @@ def gradient(purifier: DiffusionPurifier, x: torch.Tensor) -> Callable[[], objec
 def step_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
     """Seconds per purification step for both backends and for the bare networks."""
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out = {}
-    for backend in ("exact", "torchsde"):
-        purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, backend=backend, t_end=0.0))
-        with torch.no_grad():
-            out[backend] = timed(lambda: purifier(x), repeats) / steps
-    out["bare"] = timed(bare_step(build(PurifierConfig(name="coup")), x), repeats)
-    return out
+    fns = {backend: purify(build(PurifierConfig(name="coup", t_star=steps * 1e-3, backend=backend, t_end=0.0)), x)
+           for backend in ("exact", "torchsde")}
+    fns["bare"] = bare_step(build(PurifierConfig(name="coup")), x)
+    seconds = timed(fns, repeats)
+    return {name: value if name == "bare" else value / steps for name, value in seconds.items()}
 
 
 def gradient_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
@@ -96,8 +108,8 @@ def gradient_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
         "adjoint/detached+net params (DiffPure-style)": dict(backend="torchsde", grad_mode="detached",
                                                              adjoint_over_networks=True),
     }
-    return {name: timed(gradient(build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, **kw)), x),
-                        repeats) for name, kw in settings.items()}
+    return timed({name: gradient(build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, **kw)), x)
+                  for name, kw in settings.items()}, repeats)
 
 
 def peak_rss_mib() -> float:

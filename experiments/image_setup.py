@@ -138,7 +138,8 @@ def load_setup(args: argparse.Namespace) -> ImageSetup:
     available = images.x.shape[0]
     count = min(args.default_num_images, available) if args.num_images is None else args.num_images
     if not 1 <= count <= available:
-        raise ValueError(f"--num-images must lie in [1, {available}] (the config's data.num_sub), got {count}")
+        raise ValueError(f"--num-images must lie in [1, {available}] (the config's data.num_sub), got {count}; "
+                         f"for more images add --set data.num_sub={count}")
     images = ImageSet(*(part[:count] for part in images))
     batch_size = args.batch_size or file.eval.adv_batch_size
     if batch_size < 1:
