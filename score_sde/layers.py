@@ -149,66 +149,66 @@ def _resampler(up: bool, down: bool, use_fir: bool, fir_kernel: Sequence[int]) -
     return fir.naive_upsample_2d if up else fir.naive_downsample_2d
 
 
-def add_time_then_conv(block: nn.Module, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-    """Second half of both residual blocks: h + Dense_0(act(temb)), then Conv_1(Dropout_0(act(GroupNorm_1(.))))."""
-    if temb is not None:
-        h = h + block.Dense_0(block.act(temb))[:, :, None, None]
-    return block.Conv_1(block.Dropout_0(block.act(block.GroupNorm_1(h))))
+class ResidualCore(nn.Module):
+    """The layers both residual blocks share, registered in the official order: GroupNorm_0, Conv_0, Dense_0,
+    GroupNorm_1, Dropout_0, Conv_1 (subclasses add their shortcut after them)."""
+
+    def __init__(self, act: Activation, in_ch: int, out_ch: int, temb_dim: int | None, dropout: float,
+                 init_scale: float, skip_rescale: bool, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.act = act
+        self.GroupNorm_0 = group_norm(in_ch)
+        self.Conv_0 = conv2d(in_ch, out_ch, generator=generator)
+        self.Dense_0 = dense(temb_dim, out_ch, generator) if temb_dim is not None else None
+        self.GroupNorm_1 = group_norm(out_ch)
+        self.Dropout_0 = nn.Dropout(dropout)
+        self.Conv_1 = conv2d(out_ch, out_ch, init_scale=init_scale, generator=generator)
+        self.skip_rescale = skip_rescale
+
+    def add_time_then_conv(self, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """Second half of the block: h + Dense_0(act(temb)), then Conv_1(Dropout_0(act(GroupNorm_1(.))))."""
+        if temb is not None:
+            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
+        return self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
 
 
-class ResnetBlockBigGAN(nn.Module):
+class ResnetBlockBigGAN(ResidualCore):
     """BigGAN residual block of NCSN++ with optional x2 up/down-sampling of both branches."""
 
     def __init__(self, act: Activation, in_ch: int, out_ch: int | None = None, temb_dim: int | None = None,
                  up: bool = False, down: bool = False, dropout: float = 0.1, fir: bool = False,
                  fir_kernel: Sequence[int] = (1, 3, 3, 1), skip_rescale: bool = True, init_scale: float = 0.0,
                  generator: torch.Generator | None = None) -> None:
-        super().__init__()
         out_ch = out_ch or in_ch
-        self.act = act
+        super().__init__(act, in_ch, out_ch, temb_dim, dropout, init_scale, skip_rescale, generator)
         self.resample = _resampler(up, down, fir, fir_kernel)
-        self.GroupNorm_0 = group_norm(in_ch)
-        self.Conv_0 = conv2d(in_ch, out_ch, generator=generator)
-        self.Dense_0 = dense(temb_dim, out_ch, generator) if temb_dim is not None else None
-        self.GroupNorm_1 = group_norm(out_ch)
-        self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = conv2d(out_ch, out_ch, init_scale=init_scale, generator=generator)
         needs_shortcut = in_ch != out_ch or up or down
         self.Conv_2 = conv2d(in_ch, out_ch, 1, generator=generator) if needs_shortcut else None
-        self.skip_rescale = skip_rescale
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in, H, W), temb (B, temb_dim) or None -> (B, out, H', W'), H' = 2H / H / H/2."""
         h = self.act(self.GroupNorm_0(x))
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)
-        h = add_time_then_conv(self, self.Conv_0(h), temb)
+        h = self.add_time_then_conv(self.Conv_0(h), temb)
         if self.Conv_2 is not None:
             x = self.Conv_2(x)
         return skip_sum(x, h, self.skip_rescale)
 
 
-class ResnetBlockDDPM(nn.Module):
+class ResnetBlockDDPM(ResidualCore):
     """DDPM++ residual block (no resampling); a NIN shortcut when the width changes."""
 
     def __init__(self, act: Activation, in_ch: int, out_ch: int | None = None, temb_dim: int | None = None,
                  dropout: float = 0.1, skip_rescale: bool = False, init_scale: float = 0.0,
                  generator: torch.Generator | None = None) -> None:
-        super().__init__()
         out_ch = out_ch or in_ch
-        self.act = act
-        self.GroupNorm_0 = group_norm(in_ch)
-        self.Conv_0 = conv2d(in_ch, out_ch, generator=generator)
-        self.Dense_0 = dense(temb_dim, out_ch, generator) if temb_dim is not None else None
-        self.GroupNorm_1 = group_norm(out_ch)
-        self.Dropout_0 = nn.Dropout(dropout)
-        self.Conv_1 = conv2d(out_ch, out_ch, init_scale=init_scale, generator=generator)
+        super().__init__(act, in_ch, out_ch, temb_dim, dropout, init_scale, skip_rescale, generator)
         self.NIN_0 = NIN(in_ch, out_ch, generator=generator) if in_ch != out_ch else None
-        self.skip_rescale = skip_rescale
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, in, H, W), temb (B, temb_dim) or None -> (B, out, H, W)."""
-        h = add_time_then_conv(self, self.Conv_0(self.act(self.GroupNorm_0(x))), temb)
+        h = self.add_time_then_conv(self.Conv_0(self.act(self.GroupNorm_0(x))), temb)
         if self.NIN_0 is not None:
             x = self.NIN_0(x)
         return skip_sum(x, h, self.skip_rescale)
