@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from utils.summary import ALL_ATTACKS, attack_groups  # noqa: E402
+
 log = logging.getLogger("report")
 ORDER = ("none", "diffpure", "reverse_only", "coup", "aid")
 RULE_NAMES = {"single": "1 forward", "vote": "vote of K", "worst": "worst of K", "autoattack": "AutoAttack"}
@@ -68,20 +70,20 @@ def table(runs: list[dict[str, Any]], title: Optional[str] = None) -> str:
     rules = [rule for rule in RULE_NAMES if any(rule in scores for run in runs
                                                  for scores in run["accuracy"]["defended"]["attacks"].values())]
     keys = sorted({key for run in runs for key in run["accuracy"]["defended"]["attacks"]})
-    worst = any("all_attacks" in run["accuracy"]["defended"] for run in runs)
+    worst = any(ALL_ATTACKS in attack_groups(run["accuracy"]["defended"]) for run in runs)
+    keys += [ALL_ATTACKS] if worst else []
     columns = ["defense", "clean acc. %"] + [f"{key}: {RULE_NAMES[r]} %" for key in keys for r in rules]
-    columns += [f"all attacks: {RULE_NAMES[r]} %" for r in rules] if worst else []
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for run in runs:
         accuracy = run["accuracy"]["defended"]
-        groups = [accuracy["attacks"].get(key, {}) for key in keys] + ([accuracy.get("all_attacks", {})] if worst else [])
+        groups = attack_groups(accuracy)
         cells = [defense_label(run), pct(accuracy["clean"])]
-        cells += [pct(scores[r]) if r in scores else "-" for scores in groups for r in rules]
+        cells += [pct(scores[r]) if r in scores else "-" for scores in (groups.get(k, {}) for k in keys) for r in rules]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Accuracy in %, 95 % Wilson CI in brackets. Attacks differentiate the whole defended model unless "
                  "marked 'crafted on the bare classifier' (transfer)"
-                 + ("; 'all attacks' counts an image only if it survives every attack." if worst else "."))
+                 + (f"; '{ALL_ATTACKS}' counts an image only if it survives every attack." if worst else "."))
     samples = sorted({a["eval_samples"] for run in runs for a in run["config"]["attacks"] if "eval_samples" in a})
     note = f"K = {'/'.join(map(str, samples))} purifications of each adversarial image." if samples else ""
     return "\n".join(header + ["", *lines, *([note] if note else [])]) + "\n"

@@ -13,6 +13,7 @@ from utils.provenance import git_hash, package_versions
 from utils.stats import wilson_interval
 
 MODELS = ("defended", "classifier")
+ALL_ATTACKS = "all attacks"  # the per-image worst case over a run's attacks, listed after them
 SEED_DERIVATION = ("batch b attacks with seed hash(eval, b) and restarts the purifier's unseeded noise from it; "
                    "image i's clean forward uses noise seed hash(eval, i); both are in every result line")
 
@@ -53,6 +54,11 @@ def worst_over_attacks(records: list[dict[str, Any]], model: str, keys: list[str
              if all(rule in records[0]["attacks"][key][model]["correct"] for key in keys)]
     return {rule: accuracy([all(r["attacks"][key][model]["correct"][rule] for key in keys) for r in records])
             for rule in rules}
+
+
+def attack_groups(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{attack key: {rule: entry}} of one model's accuracy table, then ALL_ATTACKS when the run has several attacks."""
+    return {**table["attacks"], **({ALL_ATTACKS: table["all_attacks"]} if "all_attacks" in table else {})}
 
 
 def check_flags(records: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, list[str]]]:
@@ -118,7 +124,7 @@ def accuracy_rows(summary: dict[str, Any]) -> list[str]:
     rows = []
     for model, table in summary["accuracy"].items():
         rows.append(f"| {model} | clean | - | {_percent(table['clean'])} |")
-        for key, rules in {**table["attacks"], "all attacks (per-image worst)": table.get("all_attacks", {})}.items():
+        for key, rules in attack_groups(table).items():
             rows.extend(f"| {model} | {key} | {rule} | {_percent(entry)} |" for rule, entry in rules.items())
     return rows
 
@@ -139,7 +145,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"n = {summary['n']} images.", "",
              "| model | attack | rule | accuracy (%) | 95 % CI (%) | correct / n |",
              "|---|---|---|---:|---|---:|", *accuracy_rows(summary), "",
-             "Attacks:", *(f"- {key}: {text}" for key, text in summary["attacks"].items()), "",
+             "Attacks:", *(f"- {key}: {text}" for key, text in summary["attacks"].items()),
+             *([f"- {ALL_ATTACKS}: an image counts as robust only if it survives every attack above"]
+               if len(summary["attacks"]) > 1 else []), "",
              "AutoAttack sanity checks:", *flag_lines(summary), "",
              f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
              f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "
