@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ class ClassifierConfig:
     name: str
     checkpoint: Optional[str] = None  # weights file; None means the model's default path under pretrained/
     model_dir: str = "pretrained"  # RobustBench model directory: <model_dir>/<dataset>/<threat>/<model>.pt
+    model: Optional[str] = None  # 'robustbench' only: the zoo name, e.g. Wang2023Better_WRN-28-10
+    dataset: Optional[Literal["cifar10", "cifar100", "imagenet"]] = None  # 'robustbench' only: the zoo's dataset
+    threat_model: Optional[Literal["Linf", "L2", "corruptions"]] = None  # 'robustbench' only: its threat model
     num_classes: Optional[int] = None  # None: the model's own (checked against it when given)
     in_channels: Optional[int] = None  # None: the model's own (checked against it when given)
     seed: int = 0  # initialisation seed of randomly initialised classifiers (tiny-wrn without checkpoint)

@@ -3,22 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from classifiers.registry import (CLASSIFIERS, ClassifierConfig, load_state_dict, require_file, require_shape,
                                   resolve_path)
+from classifiers.robustbench_zoo import load_robustbench
 from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_resnet
-from utils.compat import import_robustbench
 from utils.config import require
 
 WRN_70_16_DROPOUT_PATH = "pretrained/cifar10/wrn-70-16-dropout/weights.pt"
 DEMO_CLASSIFIER_PATH = "pretrained/demo/classifier_wrn16_2.pt"
 DEMO_TRAIN_COMMAND = "python -m training.train_classifier --config configs/train/classifier_fmnist.yml"
 
-STANDARD_SOURCE = ("it is RobustBench's model zoo entry 'Standard' (CIFAR-10, Linf, WRN-28-10); fetch it once on a "
-                   "networked machine with robustbench.utils.load_model('Standard', model_dir=<model_dir>, "
-                   "dataset='cifar10', threat_model='Linf') and copy the file here")
 WRN_70_16_SOURCE = ("it is DiffPure's CIFAR-10 WRN-70-16-dropout (NVlabs/DiffPure README, 'Data and pre-trained "
                     "models'); download it and place it at that path or set classifier.checkpoint")
 DEMO_SOURCE = f"train it with: {DEMO_TRAIN_COMMAND}"
@@ -35,12 +31,7 @@ def _standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     require(config.checkpoint is None, "cifar10-standard-wrn-28-10 is loaded by RobustBench from "
             "classifier.model_dir (<model_dir>/cifar10/Linf/Standard.pt); set model_dir, not checkpoint")
     require_shape(config, in_channels=3, num_classes=10)
-    model_dir = resolve_path(config.model_dir, base_dir)
-    require_file(model_dir / "cifar10" / "Linf" / "Standard.pt", STANDARD_SOURCE)
-    robustbench = import_robustbench()
-    with torch.random.fork_rng(devices=[]):
-        return robustbench.utils.load_model("Standard", model_dir=str(model_dir), dataset="cifar10",
-                                            threat_model="Linf")
+    return load_robustbench("Standard", "cifar10", "Linf", resolve_path(config.model_dir, base_dir))
 
 
 @CLASSIFIERS.register("cifar10-wrn-70-16-dropout")
