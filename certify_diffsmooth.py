@@ -32,6 +32,7 @@ from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
 from utils.experiment import set_override
 from utils.overrides import parse_assignments
+from utils.precision import numerics
 from utils.provenance import provenance
 
 log = logging.getLogger("certify_diffsmooth")
@@ -274,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
         log.info("resolved config:\n%soutput -> %s", yaml.safe_dump(resolved_config(file), sort_keys=False),
                  output_dir.resolve())
         return None
-    outputs = run(file, args.config, output_dir)
+    with numerics():  # full float32: TF32 and autocast off (utils/precision.py)
+        outputs = run(file, args.config, output_dir)
     sys.stdout.write(outputs.table.read_text())
     return outputs
 

@@ -19,12 +19,13 @@ from tqdm import tqdm
 
 from utils.config import ConfigError, read_yaml
 from utils.data import ImageSet, load_images
-from utils.checkpoints import atomic_save
+from utils.checkpoints import CheckpointError, atomic_save
 from utils.distributed import Shard, barrier, start_shard, stop_shard
-from utils.evaluate import (Batch, attack_runs, batch_seed, evaluate_batch, example_images, make_models,
+from utils.evaluate import (Batch, Models, attack_runs, batch_seed, evaluate_batch, example_images, make_models,
                             pending_batches, plan_batches)
 from utils.experiment import Experiment, build_models, dump_yaml, load_experiment, set_override
 from utils.overrides import attack_field_overrides, parse_assignments, select_attacks, switch_purifier
+from utils.precision import numerics
 from utils.results import (ResultWriter, RunDirError, claim_run_dir, config_hash, ordered_records, read_records,
                            run_name, shard_file)
 from utils.summary import RunInfo, build_summary, write_summary
@@ -117,7 +118,8 @@ def open_run(experiment: Experiment, config_path: Path, shard: Shard) -> tuple[P
     return run_dir, digest
 
 
-def run_batches(experiment: Experiment, images: ImageSet, batches: list[Batch], run_dir: Path, shard: Shard) -> None:
+def run_batches(experiment: Experiment, models: Models, images: ImageSet, batches: list[Batch], run_dir: Path,
+                shard: Shard) -> None:
     """Evaluate this rank's batches that still miss a result, appending each to this rank's JSONL file."""
     eval_config = experiment.file.eval
     indices = images.indices.tolist()
@@ -125,7 +127,6 @@ def run_batches(experiment: Experiment, images: ImageSet, batches: list[Batch], 
     todo = pending_batches(batches, indices, done, shard.rank, shard.world_size)
     log.info("%s: %d images in %d batches; %d done before, rank %d/%d runs %d batch(es)", run_dir, len(indices),
              len(batches), len(done & set(indices)), shard.rank, shard.world_size, len(todo))
-    models = make_models(*build_models(experiment), shard.device)
     runs = attack_runs(experiment)
     writer = ResultWriter(shard_file(run_dir, shard.rank, shard.world_size))
     for batch in tqdm(todo, desc=f"batches (rank {shard.rank})", disable=None):
@@ -142,9 +143,10 @@ def run_batches(experiment: Experiment, images: ImageSet, batches: list[Batch], 
 def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optional[str]:
     """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0."""
     run_dir, digest = open_run(experiment, config_path, shard)
+    models = make_models(*build_models(experiment), shard.device)  # a missing checkpoint fails before the data loads
     images = load_images(experiment.file.data, experiment.base_dir)
     batches = plan_batches(len(images.indices), experiment.file.eval.adv_batch_size)
-    run_batches(experiment, images, batches, run_dir, shard)
+    run_batches(experiment, models, images, batches, run_dir, shard)
     barrier(shard)
     if shard.rank != 0:
         return None
@@ -158,7 +160,7 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optiona
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry: 0 on success, 2 on a configuration or results-folder error (one line on stderr)."""
+    """CLI entry: 0 on success, 2 on a configuration, checkpoint or results-folder error (one line on stderr)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
@@ -171,8 +173,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     shard = start_shard()
     try:
-        markdown = evaluate(experiment, Path(args.config), shard)
-    except (ConfigError, FileNotFoundError, RunDirError) as err:
+        with numerics(experiment.file.eval.precision):
+            markdown = evaluate(experiment, Path(args.config), shard)
+    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError) as err:
         log.error("%s", err)
         return 2
     finally:

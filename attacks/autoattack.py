@@ -58,7 +58,12 @@ class AutoAttackEval:
     config_class: type = AutoAttackConfig
 
     def __init__(self, config: Mapping[str, Any] | AutoAttackConfig | None = None) -> None:
-        self.config = from_dict(AutoAttackConfig, {} if config is None else config, f"attack ({self.name})")
+        self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
+
+    @property
+    def checks_run(self) -> tuple[str, ...]:
+        """The sanity checks run_standard_evaluation runs for this configuration (recorded even when passed)."""
+        return CHECKS_RUN[self.config.version]
 
     def adversary(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """pyautoattack.AutoAttack with an explicit seed and version (no custom attack list), budgets as configured."""
@@ -82,7 +87,7 @@ class AutoAttackEval:
             x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
         predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
         predictions["autoattack"], correct["autoattack"] = y_adv, y_adv == y
-        flags = {name: raised.get(name) for name in CHECKS_RUN[self.config.version]}
+        flags = {name: raised.get(name) for name in self.checks_run}
         flags.update(raised)
         return AttackOutput(x_adv.detach(), predictions, correct, flags)
 

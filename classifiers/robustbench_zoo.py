@@ -3,6 +3,7 @@
 RobustBench models take [0, 1] images and normalise inside (DMWideResNet's mean/std buffers, or
 normalize_model's 'normalize' + 'model' layers on ImageNet), so no wrapper is added here. RobustBench's
 load_model would download a missing file; this loader never does: it names the file and the command.
+ImageNet entries' 'preprocessing' (resize and crop) is the data pipeline's job and is not applied here.
 """
 from __future__ import annotations
 
@@ -30,16 +31,17 @@ def expected_path(model_dir: Path, model: str, dataset: str, threat_model: str) 
 
 
 def fetch_command(model: str, dataset: str, threat_model: str, model_dir: Path) -> str:
-    """The one-line shell command that fetches the weights on a networked machine (RobustBench's own download)."""
-    return (f"python -c \"from robustbench.utils import load_model; load_model('{model}', model_dir='{model_dir}', "
-            f"dataset='{dataset}', threat_model='{threat_model}')\"")
+    """The shell command (from the repository root) that downloads the weights with RobustBench's own load_model."""
+    return (f"python -c \"from utils.compat import import_robustbench; import_robustbench().utils.load_model("
+            f"'{model}', model_dir='{model_dir}', dataset='{dataset}', threat_model='{threat_model}')\"")
 
 
 def zoo_entry(model: str, dataset: str, threat_model: str) -> dict[str, Any]:
     """RobustBench's model zoo entry {'model': constructor, 'gdrive_id': ...}; an unknown name lists the valid ones."""
     robustbench = import_robustbench()
     enums = robustbench.model_zoo.enums
-    entries = robustbench.model_zoo.model_dicts[enums.BenchmarkDataset(dataset)].get(enums.ThreatModel(threat_model), {})
+    by_threat = robustbench.model_zoo.model_dicts[enums.BenchmarkDataset(dataset)]
+    entries = by_threat.get(enums.ThreatModel(threat_model), {})
     require(model in entries, f"classifier.model '{model}' is not in RobustBench's {dataset} {threat_model} zoo; "
             f"valid names: {', '.join(sorted(entries)) or 'none'}")
     entry = entries[model]
@@ -77,9 +79,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 
 def load_robustbench(model: str, dataset: str, threat_model: str, model_dir: Path) -> nn.Module:
     """RobustBench's `model` built by its zoo constructor, weights from model_dir: [0, 1] images -> logits."""
+    model_dir = Path(model_dir).resolve()
     path = expected_path(model_dir, model, dataset, threat_model)
     hint = (f"it is RobustBench's model zoo entry '{model}' ({dataset}, {threat_model}); fetch it once on a networked "
-            f"machine with: {fetch_command(model, dataset, threat_model, model_dir)} and copy it to that path")
+            f"machine, from this repository's root: {fetch_command(model, dataset, threat_model, model_dir)}")
     entry = zoo_entry(model, dataset, threat_model)
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights not found: {path}; {hint}")
@@ -95,8 +98,8 @@ def _robustbench(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     require(None not in (config.model, config.dataset, config.threat_model),
             "classifier 'robustbench' needs classifier.model (a RobustBench zoo name, e.g. Wang2023Better_WRN-28-10), "
             "classifier.dataset (cifar10 | cifar100 | imagenet) and classifier.threat_model (Linf | L2 | corruptions)")
-    require(config.checkpoint is None, "classifier 'robustbench' reads <model_dir>/<dataset>/<threat_model>/<model>.pt; "
-            "set classifier.model_dir, not checkpoint")
+    require(config.checkpoint is None, "classifier 'robustbench' reads "
+            "<model_dir>/<dataset>/<threat_model>/<model>.pt; set classifier.model_dir, not checkpoint")
     require_shape(config, in_channels=3, num_classes=NUM_CLASSES[config.dataset])
     return load_robustbench(config.model, config.dataset, config.threat_model,
                             resolve_path(config.model_dir, base_dir))

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from utils.config import ConfigError  # noqa: E402
+from utils.precision import numerics  # noqa: E402
 from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
 
@@ -188,8 +189,9 @@ def log_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Call main(); a config or input error exits with its one-line message instead of a traceback."""
+    """Call main() in full float32 (utils/precision.py); a config or input error exits with its one-line message."""
     try:
-        main()
+        with numerics():
+            main()
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import eval_sde_adv
 from classifiers import ClassifierConfig, build_classifier
 from tests.test_classifiers import no_network  # noqa: F401  (fixture: any connection or download fails the test)
 from utils.checkpoints import CheckpointError
@@ -24,7 +25,7 @@ def zoo(dataset: str, threat_model: str) -> dict:
 
 
 def small_dm_wrn(seed: int | None = None) -> torch.nn.Module:
-    """RobustBench's DMWideResNet (Wang et al. 2023's architecture: SiLU, CIFAR-10 mean/std inside) at depth 10, width 1."""
+    """RobustBench's DMWideResNet (Wang et al. 2023's: SiLU, CIFAR-10 mean/std inside) at depth 10, width 1."""
     from robustbench.model_zoo.architectures.dm_wide_resnet import CIFAR10_MEAN, CIFAR10_STD, DMWideResNet
     if seed is not None:
         torch.manual_seed(seed)
@@ -120,3 +121,16 @@ def _materialised(model: torch.nn.Module) -> torch.nn.Module:
     """`model` after one 8x8 forward, so its lazy layers have shapes."""
     model(torch.rand(1, 3, 8, 8))
     return model
+
+
+def test_eval_refuses_a_checkpoint_of_another_architecture_with_one_line(tmp_path, monkeypatch, caplog, no_network):
+    monkeypatch.setitem(zoo("cifar10", "Linf")[WANG], "model", small_dm_wrn)
+    path = tmp_path / "cifar10" / "Linf" / f"{WANG}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    classifier = f"{{name: robustbench, model: {WANG}, dataset: cifar10, threat_model: Linf, model_dir: {tmp_path}}}"
+    args = ["--config", str(REPO / "configs" / "tiny.yml"), "--set", f"classifier={classifier}",
+            "--output_dir", str(tmp_path / "results")]
+    assert eval_sde_adv.main(args) == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "does not fit RobustBench's architecture: missing keys" in error and "\n" not in error

@@ -15,6 +15,7 @@ from runners.backbones import BackboneConfig, build_backbone, parse_backbone_mod
 from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
 from utils.config import ConfigError, from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig
+from utils.precision import Precision
 import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
 
 
@@ -27,6 +28,7 @@ class EvalConfig:
     output_dir: str = "../results"
     evaluate_classifier: bool = False
     save_examples: int = 0  # keep the first K images of batch 0 (clean, adversarial, purified) in examples.pt
+    precision: Precision = "float32"  # utils/precision.py: 'float32' (TF32, autocast off) or 'tf32' (TF32 allowed)
 
     def __post_init__(self) -> None:
         require(self.adv_batch_size >= 1, f"eval.adv_batch_size must be >= 1, got {self.adv_batch_size}")

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from utils.precision import precision_flags
+
 REPO_DIR = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "torchsde", "numpy", "scipy", "pyautoattack", "robustbench", "timm",
             "matplotlib", "PyYAML")
@@ -45,7 +47,8 @@ def git_hash(repo_dir: Path = REPO_DIR) -> str:
 
 
 def provenance(repo_dir: Path = REPO_DIR, argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """{'argv' (default sys.argv), 'started' (UTC, ISO 8601), 'versions' (package_versions), 'git' (git_hash)}."""
+    """{'argv' (default sys.argv), 'started' (UTC, ISO 8601), 'versions' (package_versions), 'git' (git_hash),
+    'numerics' (precision_flags: TF32 / autocast in effect)}."""
     return {"argv": list(sys.argv if argv is None else argv),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": package_versions(), "git": git_hash(repo_dir)}
+            "versions": package_versions(), "git": git_hash(repo_dir), "numerics": precision_flags()}

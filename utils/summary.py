@@ -9,6 +9,7 @@ from typing import Any
 
 from utils.evaluate import attack_keys
 from utils.experiment import AttackSpec, Experiment
+from utils.precision import describe_numerics, precision_flags
 from utils.provenance import git_hash, package_versions
 from utils.stats import wilson_interval
 
@@ -108,7 +109,7 @@ def build_summary(experiment: Experiment, records: list[dict[str, Any]], info: R
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
                   "batches": {str(b): s for b, s in sorted(info.batch_seeds.items())}},
         "processes": info.world_size,
-        "packages": package_versions(), "git": git_hash(),
+        "packages": package_versions(), "git": git_hash(), "numerics": precision_flags(),
         "config": resolved,
     }
 
@@ -154,6 +155,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"{100 * summary['classifier_clean']['accuracy']:.2f} %.", "",
              f"Seeds: eval {seeds['eval']}, data {seeds['data']}, classifier init {seeds['classifier_init']}; "
              "batch seeds in summary.json.",
+             f"Numerics: {describe_numerics(summary['numerics'])}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["packages"].items()) + f"; git {summary['git']}."]
     return "\n".join(lines) + "\n"
 
