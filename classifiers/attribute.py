@@ -18,9 +18,9 @@ from torch import nn
 
 from classifiers.cohen import load_strict
 from classifiers.registry import CLASSIFIERS, ClassifierConfig, require_file, require_shape, resolve_path
+from utils.celebahq import CELEBAHQ_ATTRIBUTES
 from utils.checkpoints import CheckpointError, read_checkpoint
 
-CELEBAHQ_ATTRIBUTES = ("Eyeglasses", "Smiling")
 CELEBAHQ_RESOLUTION = 256
 LEAKY_SLOPE = 0.2
 GAN_ENSEMBLING_ZIP = ("http://latent-composition.csail.mit.edu/other_projects/gan_ensembling/zips/"
@@ -36,7 +36,7 @@ def attribute_source(attribute: str) -> str:
 
 def stylegan_widths(resolution: int, fmap_base: int = 8192, fmap_decay: float = 1.0,
                     fmap_max: int = 512) -> tuple[int, ...]:
-    """Channels entering the blocks at resolution R, R/2, ..., 4: min(fmap_base / 2^(s decay), fmap_max), s = log2 r - 1."""
+    """Channels entering the blocks at r = R, R/2, ..., 4: min(fmap_base / 2^((log2 r - 1) decay), fmap_max)."""
     levels = range(int(math.log2(resolution)), 1, -1)
     return tuple(min(int(fmap_base / 2.0 ** ((level - 1) * fmap_decay)), fmap_max) for level in levels)
 

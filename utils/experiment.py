@@ -16,6 +16,7 @@ from runners.defended import DefendedClassifier, PurifierContext, build_purifier
 from utils.config import ConfigError, from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig
 import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
+import utils.celebahq  # noqa: F401  (registers the CelebA-HQ attribute datasets)
 
 
 @dataclass(frozen=True)
