@@ -2,6 +2,7 @@
 from classifiers import zoo
 from classifiers import cohen  # noqa: F401  (registers the randomized-smoothing and ImageNet classifiers)
 from classifiers import robustbench_zoo  # noqa: F401  (registers 'robustbench': any RobustBench zoo entry, offline)
+from classifiers import attribute  # noqa: F401  (registers the CelebA-HQ attribute classifiers)
 from classifiers.registry import CLASSIFIERS, ClassifierConfig, build_classifier
 from classifiers.zoo import fmnist_wrn_16_2
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from guided_diffusion.schedules import (ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR10_SCHEDULE, DiscreteSchedule,
                                         ScheduleConfig, alpha_bar_to_timestep)
@@ -88,7 +89,11 @@ class GuidedDiffusionBackbone(VPBackbone):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         if not bool(((t > 0) & (t <= 1)).all()):
             raise ValueError(f"VP time t must lie in (0, 1], got range [{float(t.min())}, {float(t.max())}]")
-        timesteps = (self.model_step(t) * self.timestep_scale).to(x.dtype)
+        return self.step_epsilon(x, self.model_step(t))
+
+    def step_epsilon(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """eps (B, C, H, W) at 0-based discrete steps (B,) (integer or fractional): net(x, steps * timestep_scale)."""
+        timesteps = (steps.to(torch.float64) * self.timestep_scale).to(x.dtype)
         return self.net(x, timesteps)[:, : x.shape[1]]
 
 
@@ -104,12 +109,16 @@ def _checkpoint_hint(path: Path) -> str:
 def load_unet(config: UNetConfig, path: str | Path) -> UNetModel:
     """Build UNetModel(config) in eval mode and load the plain state_dict at `path` with strict=True."""
     path = Path(path)
-    state = tensor_dict(read_checkpoint(path, _checkpoint_hint(path)), path, "the file (a plain state_dict)")
-    net = UNetModel(config)
+    return load_strict(UNetModel(config), path, _checkpoint_hint(path),
+                       "model_channels, channel_mult, num_res_blocks, attention_resolutions and resblock_updown")
+
+
+def load_strict(net: nn.Module, path: Path, missing_hint: str, options: str) -> nn.Module:
+    """net in eval mode with the plain state_dict at `path` loaded strictly; one-line errors name `options`."""
+    state = tensor_dict(read_checkpoint(path, missing_hint), path, "the file (a plain state_dict)")
     mismatch = describe_mismatch(net.state_dict(), state)
     if mismatch:
-        raise CheckpointError(f"{path} does not match the UNet config: {mismatch}; check model_channels, "
-                              "channel_mult, num_res_blocks, attention_resolutions and resblock_updown")
+        raise CheckpointError(f"{path} does not match the UNet config: {mismatch}; check {options}")
     net.load_state_dict(state, strict=True)
     logger.info("loaded %s (%d parameters)", path, sum(p.numel() for p in net.parameters()))
     return net.eval()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ddpm import DDPMConfig, load_ddpm_backbone
 from guided_diffusion import GuidedDiffusionConfig, load_backbone
 from score_sde import NCSNppConfig, ScoreSDEBackbone, VPSDE, load_score_model
 from score_sde.analytic import GaussianBackbone
@@ -52,6 +53,7 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 BACKBONES.register("score_sde")(BackboneSpec(
     NCSNppConfig, lambda model, path, sde: ScoreSDEBackbone(load_score_model(model, path), sde)))
 BACKBONES.register("guided_diffusion")(BackboneSpec(GuidedDiffusionConfig, load_backbone))
+BACKBONES.register("ddpm")(BackboneSpec(DDPMConfig, load_ddpm_backbone))
 BACKBONES.register("gaussian")(BackboneSpec(
     GaussianModelConfig, lambda model, path, sde: GaussianBackbone(sde, model.mu, model.sigma0),
     needs_checkpoint=False))

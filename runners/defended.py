@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from runners.ancestral import AncestralConfig, AncestralPurifier
 from runners.purifiers import (DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig,
                                resolve_purifier_config)
 from score_sde.adapter import VPBackbone
@@ -52,6 +53,8 @@ PURIFIERS: Registry[PurifierSpec] = Registry("purifier")
 PURIFIERS.register("none")(PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier()))
 for _name in ("coup", "diffpure", "reverse_only"):
     PURIFIERS.register(_name)(PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config))
+PURIFIERS.register("diffpure_ddpm")(PurifierSpec(
+    AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config)))
 
 
 def parse_purifier_config(raw: dict[str, Any]) -> Any:

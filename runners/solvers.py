@@ -98,10 +98,16 @@ def solve_exact(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: Time
             callback(k, tau, x_next)
         return x_next
 
+    return iterate_steps(step, x_start, grid.n_steps, checkpoint)
+
+
+def iterate_steps(step: Callable[[torch.Tensor, int], torch.Tensor], x_start: torch.Tensor, n_steps: int,
+                  checkpoint: bool = True) -> torch.Tensor:
+    """x_{k+1} = step(x_k, k) for k < n_steps; step-checkpointed (memory flat in n_steps) when x_start needs grad."""
     if checkpoint and torch.is_grad_enabled() and x_start.requires_grad:
-        return _StepCheckpointedSolve.apply(x_start, step, grid.n_steps)
+        return _StepCheckpointedSolve.apply(x_start, step, n_steps)
     x = x_start
-    for k in range(grid.n_steps):
+    for k in range(n_steps):
         x = step(x, k)
     return x
 

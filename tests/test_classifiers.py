@@ -32,7 +32,7 @@ def no_network(monkeypatch):
 def test_registry_names_and_unknown_name():
     assert {"cifar10-standard-wrn-28-10", "cifar10-wrn-70-16-dropout", "fmnist-wrn-16-2",
             "tiny-wrn"} <= set(CLASSIFIERS.names())
-    with pytest.raises(KeyError, match="valid names: cifar10-standard"):
+    with pytest.raises(KeyError, match="valid names: .*cifar10-standard"):
         build_classifier(ClassifierConfig(name="resnet-50"), REPO)
 
 

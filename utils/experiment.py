@@ -17,6 +17,7 @@ from utils.config import ConfigError, from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig
 from utils.precision import Precision
 import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
+import utils.celebahq  # noqa: F401  (registers the CelebA-HQ attribute datasets)
 
 
 @dataclass(frozen=True)
