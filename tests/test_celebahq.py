@@ -88,12 +88,14 @@ def test_script_dry_run_prints_the_resolved_config():
     assert config["eval"]["seed"] == 121 and [a["name"] for a in config["attacks"]] == ["bpda_eot"]
 
 
-def test_script_without_data_fails_with_one_line(tmp_path):
+def test_script_without_files_fails_with_one_line(tmp_path):
     result = run_script("run_scripts/celebahq/run_celebahq_exact.sh", "121", "0", "Smiling",
                         "--output_dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "put the CelebA-HQ images" in errors[0], result.stderr
+    assert len(errors) == 1, result.stderr
+    hints = ("put the CelebA-HQ images", "pretrained_classifiers.zip", "s3-us-west-2")  # data, classifier, DDPM
+    assert any(hint in errors[0] for hint in hints), errors[0]
     usage = run_script("run_scripts/celebahq/run_celebahq_bpda.sh", "121", "0")
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
 
