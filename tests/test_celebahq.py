@@ -67,10 +67,12 @@ def test_config_resolves_to_diffpures_protocol():
     experiment = load_experiment(ROOT / "configs" / "celebahq_diffpure.yml")
     assert experiment.purifier.name == "diffpure_ddpm" and experiment.purifier.t_star == 0.5
     assert experiment.file.backbone.name == "ddpm"
-    bpda = next(a.config for a in experiment.attacks if a.name == "bpda_eot")
-    assert (bpda.norm, bpda.eps, bpda.step_size, bpda.iterations, bpda.eot_samples, bpda.eval_samples) == \
-        ("Linf", pytest.approx(16 / 255), pytest.approx(2 / 255), 50, 15, 20)
-    assert not bpda.random_start
+    assert [a.name for a in experiment.attacks] == ["bpda_eot_diffpure", "pgd_eot_diffpure"]
+    for attack in experiment.attacks:
+        config = attack.config
+        assert (config.norm, config.eps, config.step_size, config.iterations, config.eot_samples) == \
+            ("Linf", pytest.approx(16 / 255), pytest.approx(2 / 255), 50, 15)
+        assert (config.defense_samples, config.random_start) == (20, False)
 
 
 def run_script(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -85,7 +87,7 @@ def test_script_dry_run_prints_the_resolved_config():
     config = yaml.safe_load(result.stdout)
     assert config["classifier"]["name"] == f"celebahq__{attribute}"
     assert config["data"]["name"] == f"celebahq-{attribute}" and config["data"]["data_seed"] == 0
-    assert config["eval"]["seed"] == 121 and [a["name"] for a in config["attacks"]] == ["bpda_eot"]
+    assert config["eval"]["seed"] == 121 and [a["name"] for a in config["attacks"]] == ["bpda_eot_diffpure"]
 
 
 def test_script_without_files_fails_with_one_line(tmp_path):
