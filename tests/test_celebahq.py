@@ -67,10 +67,12 @@ def test_config_resolves_to_diffpures_protocol():
     experiment = load_experiment(ROOT / "configs" / "celebahq_diffpure.yml")
     assert experiment.purifier.name == "diffpure_ddpm" and experiment.purifier.t_star == 0.5
     assert experiment.file.backbone.name == "ddpm"
-    bpda = next(a.config for a in experiment.attacks if a.name == "bpda_eot")
-    assert (bpda.norm, bpda.eps, bpda.step_size, bpda.iterations, bpda.eot_samples, bpda.eval_samples) == \
-        ("Linf", pytest.approx(16 / 255), pytest.approx(2 / 255), 50, 15, 20)
-    assert not bpda.random_start
+    assert [a.name for a in experiment.attacks] == ["bpda_eot_diffpure", "pgd_eot_diffpure"]
+    for attack in experiment.attacks:
+        config = attack.config
+        assert (config.norm, config.eps, config.step_size, config.iterations, config.eot_samples) == \
+            ("Linf", pytest.approx(16 / 255), pytest.approx(2 / 255), 50, 15)
+        assert (config.defense_samples, config.random_start) == (20, False)
 
 
 def run_script(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -85,15 +87,17 @@ def test_script_dry_run_prints_the_resolved_config():
     config = yaml.safe_load(result.stdout)
     assert config["classifier"]["name"] == f"celebahq__{attribute}"
     assert config["data"]["name"] == f"celebahq-{attribute}" and config["data"]["data_seed"] == 0
-    assert config["eval"]["seed"] == 121 and [a["name"] for a in config["attacks"]] == ["bpda_eot"]
+    assert config["eval"]["seed"] == 121 and [a["name"] for a in config["attacks"]] == ["bpda_eot_diffpure"]
 
 
-def test_script_without_data_fails_with_one_line(tmp_path):
+def test_script_without_files_fails_with_one_line(tmp_path):
     result = run_script("run_scripts/celebahq/run_celebahq_exact.sh", "121", "0", "Smiling",
                         "--output_dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "put the CelebA-HQ images" in errors[0], result.stderr
+    assert len(errors) == 1, result.stderr
+    hints = ("put the CelebA-HQ images", "pretrained_classifiers.zip", "s3-us-west-2")  # data, classifier, DDPM
+    assert any(hint in errors[0] for hint in hints), errors[0]
     usage = run_script("run_scripts/celebahq/run_celebahq_bpda.sh", "121", "0")
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
 
