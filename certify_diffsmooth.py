@@ -8,7 +8,6 @@ Paths in the YAML resolve against the config file; --output_dir resolves against
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 import time
@@ -18,20 +17,21 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 from scipy.stats import norm
+from torch import nn
 
-import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
 from classifiers import ClassifierConfig, build_classifier
+from diffusion.backbone import VPBackbone
 from runners.backbones import BackboneConfig, build_backbone, parse_backbone_model
-from runners.certify import ABSTAIN, MODES, Mode, SmoothingSpec
-from runners.certify_report import (ResultRow, ResultsTSV, certify_table, elapsed_text, plot_certified_accuracy,
+from certification.certify import ABSTAIN, MODES, Mode, SmoothingSpec
+from certification.report import (ResultRow, ResultsTSV, certify_table, elapsed_text, plot_certified_accuracy,
                                     predict_table, radius_grid)
 from runners.diffsmooth import RELEASE_LOCAL_SEED, DiffSmooth, Vote
 from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
-from utils.experiment import set_override
-from utils.overrides import parse_assignments
+from utils.files import atomic_write_text
+from utils.cli import (add_spine, apply_overrides, attempt, command_overrides, dry_run_text, raise_problems, run_main,
+                       setup_logging)
 from utils.provenance import provenance
 
 log = logging.getLogger("certify_diffsmooth")
@@ -109,7 +109,7 @@ class Outputs:
     plot: Optional[Path]
 
 
-CLI_KEYS = {"sigma": "smoothing.sigma", "m": "smoothing.m", "local_sigma": "smoothing.local_sigma",
+CLI_KEYS = {"output_dir": "run.output_dir", "sigma": "smoothing.sigma", "m": "smoothing.m", "local_sigma": "smoothing.local_sigma",
             "mode": "certify.mode", "N0": "certify.N0", "N": "certify.N", "alpha": "certify.alpha",
             "seed": "certify.seed", "skip": "certify.skip", "max_images": "certify.max_images",
             "num_sub": "data.num_sub", "data_seed": "data.data_seed", "batch": "run.batch", "device": "run.device"}
@@ -118,10 +118,7 @@ SELECTION_KEYS = {"data": ("num_sub", "data_seed"), "certify": ("skip", "max_ima
 
 def load_config(path: Path, overrides: dict[str, Any]) -> DiffSmoothFile:
     """Read the YAML at path, apply dotted overrides, validate every section (unknown keys fail)."""
-    raw = copy.deepcopy(read_yaml(path))
-    for dotted, value in overrides.items():
-        set_override(raw, dotted, value)
-    file = from_dict(DiffSmoothFile, raw, str(path))
+    file = from_dict(DiffSmoothFile, apply_overrides(read_yaml(path), overrides), str(path))
     parse_backbone_model(file.backbone)
     return file
 
@@ -148,9 +145,30 @@ def selected_indices(file: DiffSmoothFile, num_images: int) -> np.ndarray:
     return indices[: file.certify.max_images]
 
 
-def load_selection(file: DiffSmoothFile, base_dir: Path, done: set[int]) -> tuple[np.ndarray, Optional[ImageSet]]:
+@dataclass(frozen=True)
+class Prerequisites:
+    """What a certification needs, loaded before any output exists: the dataset's arrays and both networks."""
+
+    images: Any
+    labels: np.ndarray
+    classifier: nn.Module
+    backbone: VPBackbone
+
+
+def load_prerequisites(file: DiffSmoothFile, base_dir: Path) -> Prerequisites:
+    """Data, classifier and backbone; every one that is missing or broken is named in one ConfigError."""
+    problems: list[str] = []
+    arrays = attempt("data", lambda: DATASETS.build(file.data.name, file.data, dataset_root(file.data, base_dir)),
+                     problems)
+    classifier = attempt("classifier", lambda: build_classifier(file.classifier, base_dir), problems)
+    backbone = attempt("backbone", lambda: build_backbone(file.backbone, base_dir), problems)
+    raise_problems(problems)
+    return Prerequisites(arrays[0], arrays[1], classifier, backbone)
+
+
+def load_selection(file: DiffSmoothFile, loaded: Prerequisites, done: set[int]) -> tuple[np.ndarray, Optional[ImageSet]]:
     """(all selected indices, the not-yet-finished images among them or None); only those images are decoded."""
-    images, labels = DATASETS.build(file.data.name, file.data, dataset_root(file.data, base_dir))
+    images, labels = loaded.images, loaded.labels
     indices = selected_indices(file, len(labels))
     pending = np.array([i for i in indices if int(i) not in done], dtype=np.int64)
     if not len(pending):
@@ -161,11 +179,10 @@ def load_selection(file: DiffSmoothFile, base_dir: Path, done: set[int]) -> tupl
     return indices, data
 
 
-def build_model(file: DiffSmoothFile, base_dir: Path, image_shape: Sequence[int]) -> tuple[DiffSmooth, int]:
+def build_model(file: DiffSmoothFile, loaded: Prerequisites, image_shape: Sequence[int]) -> tuple[DiffSmooth, int]:
     """(DiffSmooth in eval mode on the run device, number of classes)."""
     device = torch.device(file.run.device)
-    classifier = build_classifier(file.classifier, base_dir)
-    backbone = build_backbone(file.backbone, base_dir)
+    classifier, backbone = loaded.classifier, loaded.backbone
     smoothing = file.smoothing
     model = DiffSmooth(backbone, classifier, smoothing.sigma, image_shape, m=smoothing.m,
                        local_sigma=smoothing.local_sigma, vote=smoothing.vote, local_seed=smoothing.local_seed,
@@ -210,10 +227,10 @@ def write_report(file: DiffSmoothFile, rows: list[ResultRow], tsv: Path) -> Outp
              f"local sigma {smoothing.local_sigma:g}, N0 {settings.N0}, N {settings.N}, alpha {settings.alpha:g}")
     table = tsv.with_name(tsv.stem + "_table.md")
     if settings.mode == "predict":
-        table.write_text(predict_table(rows, title))
+        atomic_write_text(table, predict_table(rows, title))
         return Outputs(tsv, table, None)
     top = max_certifiable_radius(file)
-    table.write_text(certify_table(rows, radius_grid(rows, top, file.run.radius_step), title))
+    atomic_write_text(table, certify_table(rows, radius_grid(rows, top, file.run.radius_step), title))
     plot = tsv.with_suffix(".png")
     label = f"DiffSmooth, sigma={smoothing.sigma:g}, m={smoothing.m}, sigma'={smoothing.local_sigma:g}"
     plot_certified_accuracy(rows, top, label, f"{file.data.name}: {len(rows)} images, N={settings.N}", plot)
@@ -226,13 +243,14 @@ def run(file: DiffSmoothFile, config_path: Path, output_dir: Path) -> Outputs:
     if file.run.num_threads is not None:
         torch.set_num_threads(file.run.num_threads)
     resolved = resolved_config(file)
+    loaded = load_prerequisites(file, base_dir)
     tsv = output_dir / f"{file.certify.mode}_sigma{file.smoothing.sigma:g}.tsv"
     results = ResultsTSV(tsv, hashed_config(resolved), run_info(file, config_path, resolved))
-    indices, pending = load_selection(file, base_dir, set(results.rows))
+    indices, pending = load_selection(file, loaded, set(results.rows))
     remaining = 0 if pending is None else len(pending.indices)
     log.info("%d images selected, %d already in %s, %d to go", len(indices), len(indices) - remaining, tsv, remaining)
     if pending is not None:
-        model, num_classes = build_model(file, base_dir, tuple(pending.x.shape[1:]))
+        model, num_classes = build_model(file, loaded, tuple(pending.x.shape[1:]))
         spec = SmoothingSpec(file.smoothing.sigma, num_classes, file.certify.N0, file.certify.N, file.certify.alpha,
                              file.run.batch, file.certify.seed)
         certify_images(model, pending, spec, file.certify.mode, results, torch.device(file.run.device))
@@ -247,37 +265,35 @@ def run(file: DiffSmoothFile, config_path: Path, output_dir: Path) -> Outputs:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line; every option left out keeps the config's value."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="DiffSmooth YAML (configs/diffsmooth/*.yml)")
+    add_spine(parser, "DiffSmooth YAML (configs/diffsmooth/*.yml)")
     for name, kind in (("sigma", float), ("m", int), ("local_sigma", float), ("N0", int), ("N", int),
                        ("alpha", float), ("seed", int), ("skip", int), ("max_images", int), ("num_sub", int),
                        ("data_seed", int), ("batch", int), ("device", str)):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"sets {CLI_KEYS[name]}")
     parser.add_argument("--mode", choices=sorted(MODES), default=None, help="sets certify.mode")
-    parser.add_argument("--output_dir", type=Path, default=None, help="results folder (default: run.output_dir)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other config field, e.g. --set classifier.checkpoint=/path/to/checkpoint.pth.tar")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()), default=None,
+                        help="results folder (default: run.output_dir, relative to the config file)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
-    """Command-line entry point."""
+    """Certify as the command line says (user errors raise); None for --dry-run, which prints the resolved config."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {CLI_KEYS[name]: getattr(args, name) for name in CLI_KEYS if getattr(args, name) is not None}
-    overrides.update(parse_assignments(args.set))
-    if args.output_dir is not None:
-        overrides["run.output_dir"] = str(args.output_dir.resolve())
-    file = load_config(args.config, overrides)
-    output_dir = args.config.resolve().parent / file.run.output_dir
+    file = load_config(args.config, command_overrides(args, CLI_KEYS))
+    output_dir = (args.config.resolve().parent / file.run.output_dir).resolve()
     if args.dry_run:
-        log.info("resolved config:\n%soutput -> %s", yaml.safe_dump(resolved_config(file), sort_keys=False),
-                 output_dir.resolve())
+        sys.stdout.write(dry_run_text(resolved_config(file), output_dir))
         return None
     outputs = run(file, args.config, output_dir)
     sys.stdout.write(outputs.table.read_text())
     return outputs
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The process entry: exit code 0, 2 and one line on a user error, 130 and one line on Ctrl-C."""
+    setup_logging()
+    return run_main(lambda: main(argv), log)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from utils.config import ConfigError  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.files import atomic_write_text  # noqa: E402
 from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
 
@@ -74,9 +75,7 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write data as indented JSON (atomically: a temporary file renamed into place)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
     return path
 
 
@@ -188,8 +187,5 @@ def log_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Call main(); a config or input error exits with its one-line message instead of a traceback."""
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
-        sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}")
+    """Call main() and exit with utils.cli's code: 2 and one line on a user error, 130 on Ctrl-C."""
+    sys.exit(run_main(main, logger))

@@ -12,10 +12,10 @@ from torch import nn
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
 from runners.solvers import ScoreFn, StepCallback, TimeGrid, solve_exact, solve_torchsde
-from score_sde.adapter import VPBackbone
-from score_sde.sde import DiscreteDDPMSchedule
+from diffusion.backbone import VPBackbone
+from diffusion.sde import DiscreteDDPMSchedule
 from utils.config import require
-from utils.images import check_images, to_diffusion_space, to_image_space
+from utils.images import check_dtype, check_images, to_diffusion_space, to_image_space
 from utils.registry import Registry
 
 Backend = Literal["exact", "torchsde"]
@@ -39,13 +39,20 @@ class PurifierConfig:
     adjoint_over_networks: bool = False
     fixed_noise: bool = False
     seed: int = 0
+    allow_anti_guidance: bool = False  # a negative guidance_scale pushes away from the label: an ablation only
 
     def __post_init__(self) -> None:
         require(0.0 < self.t_star <= 1.0, f"purifier.t_star must lie in (0, 1], got {self.t_star}")
         require(self.dt > 0.0, f"purifier.dt must be > 0, got {self.dt}")
         require(0.0 <= self.t_end < self.t_star, f"purifier.t_end must lie in [0, t_star), got {self.t_end}")
+        require(self.dt <= self.t_star - self.t_end + 1e-12,
+                f"purifier.dt {self.dt} is larger than the reverse span t_star - t_end = {self.t_star - self.t_end:.6g}; "
+                "set dt <= t_star - t_end (t_star / dt steps are taken)")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
+        require(self.guidance_scale is None or self.guidance_scale >= 0.0 or self.allow_anti_guidance,
+                f"purifier.guidance_scale {self.guidance_scale} < 0 is anti-guidance (an ablation, never a defense); "
+                "set purifier.allow_anti_guidance: true to run it anyway")
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class DiffusionPurifier(Purifier):
         on passes without gradient tracking, e.g. under torch.no_grad()). It does not change the output.
         """
         check_images(x)
+        check_dtype(x, self)
         if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
             raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
                                "not torch.inference_mode()")

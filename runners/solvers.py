@@ -14,7 +14,7 @@ import torch
 import torchsde
 from torch import nn
 
-from score_sde.sde import VPSDE
+from diffusion.sde import VPSDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, float, torch.Tensor], None]
