@@ -17,7 +17,7 @@ from classifiers import build_classifier
 from experiments.common import REPO_ROOT, run_metadata
 from runners.backbones import build_backbone
 from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
-from runners.purifiers import Purifier, PurifierConfig, resolve_purifier_config
+from runners.purifiers import DIFFUSION_METHODS, Purifier, PurifierConfig, resolve_purifier_config
 from utils.config import ConfigError, to_dict
 from utils.data import ImageSet, load_images
 from evaluation.experiment import Experiment, load_experiment
@@ -25,7 +25,6 @@ from utils.cli import add_spine, command_overrides, dry_run_text, parse_assignme
 from utils.seeds import SeedStage, derive_seeds
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yml"
-DIFFUSION_METHODS = ("reverse_only", "diffpure", "coup")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, num_images: int) -> None:

@@ -2,7 +2,6 @@
 exit code 2 (130 for Ctrl-C) and one log line, and leaves nothing on disk; resumes refuse changed inputs."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
