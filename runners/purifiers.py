@@ -47,9 +47,9 @@ class PurifierConfig:
         require(0.0 < self.t_star <= 1.0, f"purifier.t_star must lie in (0, 1], got {self.t_star}")
         require(self.dt > 0.0, f"purifier.dt must be > 0, got {self.dt}")
         require(0.0 <= self.t_end < self.t_star, f"purifier.t_end must lie in [0, t_star), got {self.t_end}")
-        require(self.dt <= self.t_star - self.t_end + 1e-12,
-                f"purifier.dt {self.dt} is larger than the reverse span t_star - t_end = {self.t_star - self.t_end:.6g}; "
-                "set dt <= t_star - t_end (t_star / dt steps are taken)")
+        require(self.dt <= self.t_star,
+                f"purifier.dt {self.dt} is larger than t_star {self.t_star}: the solver could take only one step of "
+                f"{self.t_star - self.t_end:.6g}; set dt <= t_star (t_star / dt steps are taken)")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
         require(self.guidance_scale is None or self.guidance_scale >= 0.0 or self.allow_anti_guidance,

@@ -188,8 +188,7 @@ def test_dry_run_prints_resolved_config_and_loads_nothing(tmp_path, monkeypatch,
     def forbidden(*args, **kwargs):
         raise AssertionError("--dry-run must not load data or models")
 
-    monkeypatch.setattr(eval_sde_adv, "build_models", forbidden)
-    monkeypatch.setattr(eval_sde_adv, "load_images", forbidden)
+    monkeypatch.setattr(eval_sde_adv, "load_prerequisites", forbidden)
     args = ["--config", str(TINY), "--dry-run", "--purifier", "reverse_only", "--t", "20", "--attack_version", "rand",
             "--lp_norm", "L2", "--set", "backbone.checkpoint=missing.pth", "--set", "eval.adv_batch_size=3",
             "--output_dir", str(tmp_path)]

@@ -58,7 +58,7 @@ def run_eval(tmp_path: Path, *args: str, config: Path = TINY) -> tuple[int, Path
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--set", "purifier.dt=0.5"], "larger than the reverse span"),
+    (["--set", "purifier.dt=0.5"], "larger than t_star 0.01"),
     (["--guidance_scale", "-1"], "anti-guidance"),
     (["--adv_eps", "8"], "(0, 1]"),
     (["--set", "purifier.nope=1"], "nope"),
