@@ -160,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.config, collect_overrides(args))
     if args.dry_run:
         resolved = experiment.to_dict()
-        sys.stdout.write(dry_run_text(resolved, output_root(experiment) / run_name(args.config, resolved,
-                                                                                     config_hash(resolved))))
+        run_dir = output_root(experiment).resolve() / run_name(args.config, resolved, config_hash(resolved))
+        sys.stdout.write(dry_run_text(resolved, run_dir))
         return 0
     shard = start_shard()
     try:

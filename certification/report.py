@@ -3,7 +3,6 @@ provenance, see utils.provenance), and the accuracy-vs-radius table and plot."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -14,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, config_digest
 from utils.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,8 @@ def elapsed_text(seconds: float) -> str:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over the canonical JSON of `config`."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """16 hex digits of the config hash (utils.files.config_digest)."""
+    return config_digest(config)[:16]
 
 
 class ResultsTSV:

@@ -10,7 +10,6 @@ reading, and when an image has several records (a batch re-run after a crash) th
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from utils.files import atomic_write_text, file_sha256
+from utils.files import atomic_write_text, config_digest, file_sha256
 from utils.provenance import code_version
 
 CONFIG_FILE = "config.yaml"
@@ -45,8 +44,7 @@ def hashed_config(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(resolved: dict[str, Any]) -> str:
     """sha256 hex digest of the canonical JSON of hashed_config(resolved)."""
-    canonical = json.dumps(hashed_config(resolved), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return config_digest(hashed_config(resolved))
 
 
 def run_name(config_path: Path, resolved: dict[str, Any], digest: str) -> str:

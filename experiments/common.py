@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from utils.cli import run_main  # noqa: E402
-from utils.files import atomic_write_text  # noqa: E402
+from utils.files import atomic_write_text, config_digest  # noqa: E402
 from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
 
@@ -142,7 +141,7 @@ def parse_values(text: str) -> list[float]:
 
 def fingerprint(settings: dict[str, Any]) -> str:
     """A short hash of the settings that a stored point must share with the current run."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+    return config_digest(settings, default=_plain)[:16]
 
 
 class PointStore:

@@ -334,3 +334,29 @@ def test_certify_names_every_missing_file_at_once(tmp_path, caplog):
 def test_certify_refuses_a_missing_config(tmp_path, caplog):
     line = refused(caplog, certify_diffsmooth.cli(["--config", str(tmp_path / "no.yml")]), tmp_path / "out")
     assert "config file not found" in line
+
+
+def test_certify_ctrl_c_is_one_line_and_keeps_finished_rows(tmp_path, caplog, monkeypatch):
+    config = certify_config(tmp_path, certify={"N0": 4, "N": 8, "max_images": 2}, run={"batch": 8})
+    original, calls = certify_diffsmooth.MODES["certify"], {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(certify_diffsmooth.MODES, "certify", interrupted)
+    assert certify_diffsmooth.cli(["--config", str(config)]) == 130
+    (line,) = error_lines(caplog)
+    assert "interrupted" in line and "resume" in line
+    (tsv,) = (tmp_path / "out").glob("*.tsv")
+    assert len(tsv.read_text().splitlines()) == 2  # the header and the first image's row
+
+
+def test_certify_unwritable_output_is_one_line(tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    config = certify_config(tmp_path, run={"output_dir": str(blocker / "out")})
+    line = refused(caplog, certify_diffsmooth.cli(["--config", str(config)]), blocker / "out")
+    assert "output folder" in line

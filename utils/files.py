@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 CHUNK = 1 << 20
 
@@ -33,6 +34,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text (UTF-8) to path atomically (atomic_write)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def config_digest(data: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """The one config hash: sha256 hex digest of data's canonical JSON (sorted keys, compact separators)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=default)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
