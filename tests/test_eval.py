@@ -318,12 +318,12 @@ def test_report_labels_each_purifier_kind_from_its_own_fields(name, purifier, la
 def test_all_attacks_counts_an_image_only_if_it_survives_every_attack():
     from evaluation.summary import model_accuracy
 
-    def record(a: bool, b: bool) -> dict:
+    def outcome(a: bool, b: bool) -> ImageRecord:
         correct = {"pgd": {"single": a, "worst": a}, "joint": {"single": b, "worst": b and a}}
-        return {"clean": {"defended": {"correct": True}},
-                "attacks": {k: {"defended": {"correct": c}} for k, c in correct.items()}}
+        return ImageRecord(0, 0, 0, {}, {"defended": {"correct": True}}, (0.0, 1.0),
+                           {k: {"defended": {"correct": c}} for k, c in correct.items()})
 
-    records = [record(True, True), record(True, False), record(False, True), record(True, True)]
+    records = [outcome(True, True), outcome(True, False), outcome(False, True), outcome(True, True)]
     table = model_accuracy(records, "defended", ["pgd", "joint"])
     assert table["attacks"]["pgd"]["single"]["correct"] == 3 and table["attacks"]["joint"]["single"]["correct"] == 3
     assert {rule: e["correct"] for rule, e in table["all_attacks"].items()} == {"single": 2, "worst": 2}

@@ -211,7 +211,9 @@ def test_sigint_in_a_child_process_exits_130_with_one_line(tmp_path):
     command = [sys.executable, str(REPO / "eval_sde_adv.py"), "--config", str(TINY), "--num_sub", "6",
                "--attack", "autoattack", "--output_dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored; the child gets the default back, as in a terminal
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None and not list(tmp_path.glob("*/results.jsonl")):
         time.sleep(0.05)
