@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from utils.files import atomic_write_text, config_digest
+from utils.files import atomic_write, atomic_write_text, config_digest
 from utils.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -174,5 +174,5 @@ def plot_certified_accuracy(rows: Sequence[ResultRow], max_radius: float, label:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
     plt.close(fig)

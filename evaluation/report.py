@@ -26,7 +26,7 @@ from evaluation.overrides import select_attacks  # noqa: E402
 from evaluation.summary import ALL_ATTACKS, attack_groups  # noqa: E402
 from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging  # noqa: E402
 from utils.config import ConfigError, read_yaml  # noqa: E402
-from utils.files import atomic_write_text  # noqa: E402
+from utils.files import atomic_write, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("report")
 ORDER = ("none", "diffpure", "reverse_only", "coup", "aid")
@@ -164,7 +164,7 @@ def figure(runs: list[dict[str, Any]], out: Path, attack: Optional[str] = None) 
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "examples.png"
-    fig.savefig(path, dpi=130)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     plt.close(fig)
     return path
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from utils.cli import run_main  # noqa: E402
-from utils.files import atomic_write_text, config_digest  # noqa: E402
+from utils.files import atomic_write, atomic_write_text, config_digest  # noqa: E402
 from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
 
@@ -101,7 +101,7 @@ def label_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, title_size: i
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save a figure as PNG (150 dpi, tight) and close it."""
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)
     logger.info("wrote %s", path)
     return path
