@@ -8,272 +8,45 @@ Paths in the YAML resolve against the config file; --output_dir resolves against
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
-import torch
-import yaml
-from scipy.stats import norm
-
-import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
-from classifiers import ClassifierConfig, build_classifier
-from runners.backbones import BackboneConfig, build_backbone, parse_backbone_model
-from runners.certify import ABSTAIN, MODES, Mode, SmoothingSpec
-from runners.certify_report import (ResultRow, ResultsTSV, certify_table, elapsed_text, plot_certified_accuracy,
-                                    predict_table, radius_grid)
-from runners.diffsmooth import RELEASE_LOCAL_SEED, DiffSmooth, Vote
-from utils.config import from_dict, read_yaml, require, to_dict
-from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
-from utils.experiment import set_override
-from utils.overrides import parse_assignments
+from certification.certify import MODES
+from certification.pipeline import Outputs, load_config, resolved_config, run
 from utils.precision import numerics
-from utils.provenance import provenance
+from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging
 
 log = logging.getLogger("certify_diffsmooth")
 
-
-@dataclass(frozen=True)
-class SmoothingConfig:
-    """YAML `smoothing:`: the certified noise sigma and DiffSmooth's local smoothing (m copies, sigma', vote)."""
-
-    sigma: float = 0.25
-    m: int = 5
-    local_sigma: float = 0.25
-    vote: Vote = "soft"
-    local_seed: int = RELEASE_LOCAL_SEED
-    clamp: bool = True
-
-    def __post_init__(self) -> None:
-        require(self.sigma > 0.0, f"smoothing.sigma must be > 0, got {self.sigma}")
-        require(self.m >= 1, f"smoothing.m must be >= 1, got {self.m}")
-        require(self.local_sigma >= 0.0, f"smoothing.local_sigma must be >= 0, got {self.local_sigma}")
-
-
-@dataclass(frozen=True)
-class CertifyConfig:
-    """YAML `certify:`: Cohen's CERTIFY / PREDICT budget and noise seed, and which images (every skip-th, at most max)."""
-
-    mode: Mode = "certify"
-    N0: int = 100
-    N: int = 10_000
-    alpha: float = 0.001
-    seed: int = 0
-    skip: int = 1
-    max_images: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        require(self.N0 >= 1 and self.N >= 1, f"certify.N0 and certify.N must be >= 1, got {self.N0}, {self.N}")
-        require(0.0 < self.alpha < 1.0, f"certify.alpha must lie in (0, 1), got {self.alpha}")
-        require(self.skip >= 1, f"certify.skip must be >= 1, got {self.skip}")
-        require(self.max_images is None or self.max_images >= 1, "certify.max_images must be >= 1 or null")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """YAML `run:`: settings that do not change any result (batching, device, threads, output folder)."""
-
-    batch: int = 100
-    device: str = "cpu"
-    num_threads: Optional[int] = None
-    output_dir: str = "../../results/diffsmooth"
-    radius_step: float = 0.25
-
-    def __post_init__(self) -> None:
-        require(self.batch >= 1, f"run.batch must be >= 1, got {self.batch}")
-        require(self.radius_step > 0.0, f"run.radius_step must be > 0, got {self.radius_step}")
-
-
-@dataclass(frozen=True)
-class DiffSmoothFile:
-    """The DiffSmooth certification YAML."""
-
-    data: DataConfig
-    backbone: BackboneConfig
-    classifier: ClassifierConfig
-    smoothing: SmoothingConfig = SmoothingConfig()
-    certify: CertifyConfig = CertifyConfig()
-    run: RunConfig = RunConfig()
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """The files a certification run writes."""
-
-    tsv: Path
-    table: Path
-    plot: Optional[Path]
-
-
-CLI_KEYS = {"sigma": "smoothing.sigma", "m": "smoothing.m", "local_sigma": "smoothing.local_sigma",
+CLI_KEYS = {"output_dir": "run.output_dir", "sigma": "smoothing.sigma", "m": "smoothing.m", "local_sigma": "smoothing.local_sigma",
             "mode": "certify.mode", "N0": "certify.N0", "N": "certify.N", "alpha": "certify.alpha",
             "seed": "certify.seed", "skip": "certify.skip", "max_images": "certify.max_images",
             "num_sub": "data.num_sub", "data_seed": "data.data_seed", "batch": "run.batch", "device": "run.device"}
-SELECTION_KEYS = {"data": ("num_sub", "data_seed"), "certify": ("skip", "max_images")}
-
-
-def load_config(path: Path, overrides: dict[str, Any]) -> DiffSmoothFile:
-    """Read the YAML at path, apply dotted overrides, validate every section (unknown keys fail)."""
-    raw = copy.deepcopy(read_yaml(path))
-    for dotted, value in overrides.items():
-        set_override(raw, dotted, value)
-    file = from_dict(DiffSmoothFile, raw, str(path))
-    parse_backbone_model(file.backbone)
-    return file
-
-
-def resolved_config(file: DiffSmoothFile) -> dict[str, Any]:
-    """The config as plain data, with the backbone's model options completed by their defaults."""
-    resolved = to_dict(file)
-    resolved["backbone"]["model"] = to_dict(parse_backbone_model(file.backbone))
-    return resolved
-
-
-def hashed_config(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The part of the resolved config that determines each TSV row (not the run section or the image selection)."""
-    kept = {name: dict(section) for name, section in resolved.items() if name != "run"}
-    for section, keys in SELECTION_KEYS.items():
-        for key in keys:
-            kept[section].pop(key)
-    return kept
-
-
-def selected_indices(file: DiffSmoothFile, num_images: int) -> np.ndarray:
-    """Dataset indices to certify: the RandomState(data_seed) subset, then every skip-th, then at most max_images."""
-    indices = subset_indices(num_images, file.data.num_sub, file.data.data_seed)[:: file.certify.skip]
-    return indices[: file.certify.max_images]
-
-
-def load_selection(file: DiffSmoothFile, base_dir: Path, done: set[int]) -> tuple[np.ndarray, Optional[ImageSet]]:
-    """(all selected indices, the not-yet-finished images among them or None); only those images are decoded."""
-    images, labels = DATASETS.build(file.data.name, file.data, dataset_root(file.data, base_dir))
-    indices = selected_indices(file, len(labels))
-    pending = np.array([i for i in indices if int(i) not in done], dtype=np.int64)
-    if not len(pending):
-        return indices, None
-    data = to_image_set(images, labels, pending, file.data.pad_to)
-    if file.data.channels is not None:
-        data = data._replace(x=repeat_channels(data.x, file.data.channels).contiguous())
-    return indices, data
-
-
-def build_model(file: DiffSmoothFile, base_dir: Path, image_shape: Sequence[int]) -> tuple[DiffSmooth, int]:
-    """(DiffSmooth in eval mode on the run device, number of classes)."""
-    device = torch.device(file.run.device)
-    classifier = build_classifier(file.classifier, base_dir)
-    backbone = build_backbone(file.backbone, base_dir)
-    smoothing = file.smoothing
-    model = DiffSmooth(backbone, classifier, smoothing.sigma, image_shape, m=smoothing.m,
-                       local_sigma=smoothing.local_sigma, vote=smoothing.vote, local_seed=smoothing.local_seed,
-                       clamp=smoothing.clamp).to(device).eval()
-    with torch.inference_mode():
-        num_classes = int(classifier(torch.zeros(1, *image_shape, device=device)).shape[-1])
-    log.info("DiffSmooth: sigma %.3g denoised at %s; m %d, local sigma %.3g, %s vote, %d classes",
-             smoothing.sigma, model.level.description, smoothing.m, smoothing.local_sigma, smoothing.vote,
-             num_classes)
-    return model, num_classes
-
-
-def max_certifiable_radius(file: DiffSmoothFile) -> float:
-    """sigma Phi^-1(alpha^(1/N)): the radius when all N estimation samples agree."""
-    return float(file.smoothing.sigma * norm.ppf(file.certify.alpha ** (1.0 / file.certify.N)))
-
-
-def run_info(file: DiffSmoothFile, config_path: Path, resolved: dict[str, Any]) -> dict[str, Any]:
-    """What the sidecar records for this run: config file, resolved config, seeds, provenance."""
-    seeds = {"data_seed": file.data.data_seed, "certify_seed": file.certify.seed,
-             "local_seed": file.smoothing.local_seed, "classifier_seed": file.classifier.seed}
-    return {"config_file": str(config_path), "resolved_config": resolved, "seeds": seeds, **provenance()}
-
-
-def certify_images(model: DiffSmooth, data: ImageSet, spec: SmoothingSpec, mode: Mode, results: ResultsTSV,
-                   device: torch.device) -> None:
-    """Run CERTIFY or PREDICT on each image and append its row as soon as it is done."""
-    for x, label, index in zip(data.x, data.y.tolist(), data.indices.tolist()):
-        started = time.perf_counter()
-        with torch.inference_mode():
-            outcome = MODES[mode](model, x.to(device), index, spec)
-        row = ResultRow(index, label, outcome.prediction, outcome.radius, int(outcome.prediction == label),
-                        elapsed_text(time.perf_counter() - started))
-        results.append(row)
-        log.info("image %d: label %d, predict %d, radius %.4f (%s)", index, label, row.predict, row.radius, row.time)
-
-
-def write_report(file: DiffSmoothFile, rows: list[ResultRow], tsv: Path) -> Outputs:
-    """The Markdown table (and for CERTIFY the PNG plot) over the selected images' rows."""
-    smoothing, settings = file.smoothing, file.certify
-    title = (f"DiffSmooth {settings.mode} on {file.data.name}: sigma {smoothing.sigma:g}, m {smoothing.m}, "
-             f"local sigma {smoothing.local_sigma:g}, N0 {settings.N0}, N {settings.N}, alpha {settings.alpha:g}")
-    table = tsv.with_name(tsv.stem + "_table.md")
-    if settings.mode == "predict":
-        table.write_text(predict_table(rows, title))
-        return Outputs(tsv, table, None)
-    top = max_certifiable_radius(file)
-    table.write_text(certify_table(rows, radius_grid(rows, top, file.run.radius_step), title))
-    plot = tsv.with_suffix(".png")
-    label = f"DiffSmooth, sigma={smoothing.sigma:g}, m={smoothing.m}, sigma'={smoothing.local_sigma:g}"
-    plot_certified_accuracy(rows, top, label, f"{file.data.name}: {len(rows)} images, N={settings.N}", plot)
-    return Outputs(tsv, table, plot)
-
-
-def run(file: DiffSmoothFile, config_path: Path, output_dir: Path) -> Outputs:
-    """Certify the selected images (resuming a previous run), then write the table and plot."""
-    base_dir = config_path.resolve().parent
-    if file.run.num_threads is not None:
-        torch.set_num_threads(file.run.num_threads)
-    resolved = resolved_config(file)
-    tsv = output_dir / f"{file.certify.mode}_sigma{file.smoothing.sigma:g}.tsv"
-    results = ResultsTSV(tsv, hashed_config(resolved), run_info(file, config_path, resolved))
-    indices, pending = load_selection(file, base_dir, set(results.rows))
-    remaining = 0 if pending is None else len(pending.indices)
-    log.info("%d images selected, %d already in %s, %d to go", len(indices), len(indices) - remaining, tsv, remaining)
-    if pending is not None:
-        model, num_classes = build_model(file, base_dir, tuple(pending.x.shape[1:]))
-        spec = SmoothingSpec(file.smoothing.sigma, num_classes, file.certify.N0, file.certify.N, file.certify.alpha,
-                             file.run.batch, file.certify.seed)
-        certify_images(model, pending, spec, file.certify.mode, results, torch.device(file.run.device))
-    rows = [results.rows[int(i)] for i in indices]
-    outputs = write_report(file, rows, tsv)
-    abstained = sum(r.predict == ABSTAIN for r in rows)
-    log.info("%d images, %d correct, %d abstained; table %s", len(rows), sum(r.correct for r in rows), abstained,
-             outputs.table)
-    return outputs
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line; every option left out keeps the config's value."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="DiffSmooth YAML (configs/diffsmooth/*.yml)")
+    add_spine(parser, "DiffSmooth YAML (configs/diffsmooth/*.yml)")
     for name, kind in (("sigma", float), ("m", int), ("local_sigma", float), ("N0", int), ("N", int),
                        ("alpha", float), ("seed", int), ("skip", int), ("max_images", int), ("num_sub", int),
                        ("data_seed", int), ("batch", int), ("device", str)):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"sets {CLI_KEYS[name]}")
     parser.add_argument("--mode", choices=sorted(MODES), default=None, help="sets certify.mode")
-    parser.add_argument("--output_dir", type=Path, default=None, help="results folder (default: run.output_dir)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other config field, e.g. --set classifier.checkpoint=/path/to/checkpoint.pth.tar")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()), default=None,
+                        help="results folder (default: run.output_dir, relative to the config file)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
-    """Command-line entry point."""
+    """Certify as the command line says (user errors raise); None for --dry-run, which prints the resolved config."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {CLI_KEYS[name]: getattr(args, name) for name in CLI_KEYS if getattr(args, name) is not None}
-    overrides.update(parse_assignments(args.set))
-    if args.output_dir is not None:
-        overrides["run.output_dir"] = str(args.output_dir.resolve())
-    file = load_config(args.config, overrides)
-    output_dir = args.config.resolve().parent / file.run.output_dir
+    file = load_config(args.config, command_overrides(args, CLI_KEYS))
+    output_dir = (args.config.resolve().parent / file.run.output_dir).resolve()
     if args.dry_run:
-        log.info("resolved config:\n%soutput -> %s", yaml.safe_dump(resolved_config(file), sort_keys=False),
-                 output_dir.resolve())
+        sys.stdout.write(dry_run_text(resolved_config(file), output_dir))
         return None
     with numerics():  # full float32: TF32 and autocast off (utils/precision.py)
         outputs = run(file, args.config, output_dir)
@@ -281,5 +54,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
     return outputs
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The process entry: exit code 0, 2 and one line on a user error, 130 and one line on Ctrl-C."""
+    setup_logging()
+    return run_main(lambda: main(argv), log)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -17,18 +17,19 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from utils.config import ConfigError, read_yaml
-from utils.data import ImageSet, load_images
-from utils.checkpoints import CheckpointError, atomic_save
+from utils.cli import add_spine, dry_run_text, parse_assignments, run_main, set_override, setup_logging
+from utils.config import read_yaml
+from utils.data import ImageSet
+from utils.checkpoints import atomic_save
 from utils.distributed import Shard, barrier, start_shard, stop_shard
-from utils.evaluate import (Batch, Models, attack_runs, batch_seed, evaluate_batch, example_images, make_models,
-                            pending_batches, plan_batches)
-from utils.experiment import Experiment, build_models, dump_yaml, load_experiment, set_override
-from utils.overrides import attack_field_overrides, parse_assignments, select_attacks, switch_purifier
 from utils.precision import numerics
-from utils.results import (ResultWriter, RunDirError, claim_run_dir, config_hash, ordered_records, read_records,
-                           run_name, shard_file)
-from utils.summary import RunInfo, build_summary, write_summary
+from evaluation.evaluate import (Batch, Models, attack_runs, attack_seed, evaluate_batch, example_images, make_models,
+                                 pending_batches, plan_batches)
+from evaluation.experiment import Experiment, load_experiment, load_prerequisites
+from evaluation.overrides import attack_field_overrides, select_attacks, switch_purifier
+from evaluation.results import (ResultWriter, claim_run_dir, config_hash, ordered_records, read_records,
+                                run_name, shard_file)
+from evaluation.summary import RunInfo, build_summary, write_summary
 
 log = logging.getLogger("eval_sde_adv")
 
@@ -44,7 +45,7 @@ ATTACK_OPTIONS = {"attack_version": "version", "lp_norm": "norm", "adv_eps": "ep
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The command line; every option maps onto a config key (see --dry-run for the result)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="experiment YAML (paths inside resolve against its folder)")
+    add_spine(p, "experiment YAML (paths inside resolve against its folder)")
     p.add_argument("--seed", type=int, help="eval.seed: attack and purification-noise seed")
     p.add_argument("--data_seed", type=int, help="data.data_seed: which images form the subset")
     p.add_argument("--num_sub", type=int, help="data.num_sub: number of images")
@@ -64,23 +65,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()),
                    help="eval.output_dir (relative to the working directory here, to the config file in YAML)")
     p.add_argument("--evaluate_classifier", action="store_true", help="also attack the bare classifier")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any dotted override, value parsed as YAML (applied before the options above); repeatable")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (loads no model)")
     return p.parse_args(argv)
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dotted overrides of the command line, in order: --set, --purifier, --attack, key options, attack fields."""
+    """The dotted overrides of the command line, in order: --purifier, --attack, key options, attack fields, --set."""
     raw = read_yaml(args.config)
     overrides: dict[str, Any] = {}
 
     def put(key: str, value: Any) -> None:
         set_override(raw, key, copy.deepcopy(value))
+        overrides.pop(key, None)
         overrides[key] = value
 
-    for key, value in parse_assignments(args.set).items():
-        put(key, value)
     if args.purifier is not None:
         put("purifier", switch_purifier(raw.get("purifier", {}), args.purifier))
     if args.attack:
@@ -97,6 +94,8 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
             for key, value in attack_field_overrides(raw.get("attacks") or [], field, getattr(args, option),
                                                      f"--{option}").items():
                 put(key, value)
+    for key, value in parse_assignments(args.set).items():
+        put(key, value)
     return overrides
 
 
@@ -112,13 +111,13 @@ def open_run(experiment: Experiment, config_path: Path, shard: Shard) -> tuple[P
     digest = config_hash(resolved)
     run_dir = output_root(experiment) / run_name(config_path, resolved, digest)
     if shard.rank == 0:
-        claim_run_dir(run_dir, resolved, digest, write=True)
+        claim_run_dir(run_dir, resolved, digest, experiment.base_dir, write=True)
     barrier(shard)
-    claim_run_dir(run_dir, resolved, digest, write=False)
+    claim_run_dir(run_dir, resolved, digest, experiment.base_dir, write=False)
     return run_dir, digest
 
 
-def run_batches(experiment: Experiment, models: Models, images: ImageSet, batches: list[Batch], run_dir: Path,
+def run_batches(experiment: Experiment, images: ImageSet, models: Models, batches: list[Batch], run_dir: Path,
                 shard: Shard) -> None:
     """Evaluate this rank's batches that still miss a result, appending each to this rank's JSONL file."""
     eval_config = experiment.file.eval
@@ -142,47 +141,45 @@ def run_batches(experiment: Experiment, models: Models, images: ImageSet, batche
 
 def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optional[str]:
     """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0."""
+    images, defended, classifier = load_prerequisites(experiment)
+    models = make_models(defended, classifier, shard.device)
     run_dir, digest = open_run(experiment, config_path, shard)
-    models = make_models(*build_models(experiment), shard.device)  # a missing checkpoint fails before the data loads
-    images = load_images(experiment.file.data, experiment.base_dir)
     batches = plan_batches(len(images.indices), experiment.file.eval.adv_batch_size)
-    run_batches(experiment, models, images, batches, run_dir, shard)
+    run_batches(experiment, images, models, batches, run_dir, shard)
     barrier(shard)
     if shard.rank != 0:
         return None
     records = ordered_records(read_records(run_dir), images.indices.tolist())
-    seed = experiment.file.eval.seed
-    info = RunInfo(run_dir.name, str(config_path), digest, {b.number: batch_seed(seed, b.number) for b in batches},
-                   shard.world_size)
+    info = RunInfo(run_dir.name, str(config_path), digest, attack_seed(experiment.file.eval.seed), shard.world_size)
     markdown = write_summary(run_dir, build_summary(experiment, records, info))
     log.info("summary written to %s", run_dir)
     return markdown
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry: 0 on success, 2 on a configuration, checkpoint or results-folder error (one line on stderr)."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        experiment = load_experiment(args.config, collect_overrides(args))
-    except (ConfigError, KeyError) as err:  # registries report unknown names as KeyError
-        log.error("%s", err.args[0] if err.args else err)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Load and validate the config, then (unless --dry-run) evaluate it; prints the summary's Markdown."""
+    experiment = load_experiment(args.config, collect_overrides(args))
     if args.dry_run:
-        sys.stdout.write(dump_yaml(experiment))
+        resolved = experiment.to_dict()
+        run_dir = output_root(experiment).resolve() / run_name(args.config, resolved, config_hash(resolved))
+        sys.stdout.write(dry_run_text(resolved, run_dir))
         return 0
     shard = start_shard()
     try:
-        with numerics(experiment.file.eval.precision):
+        with numerics(experiment.file.eval.precision):  # full float32 unless eval.precision allows TF32
             markdown = evaluate(experiment, Path(args.config), shard)
-    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError) as err:
-        log.error("%s", err)
-        return 2
     finally:
         stop_shard(shard)
     if markdown is not None:
         sys.stdout.write(markdown)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry: 0 on success, 2 and one line on a user error, 130 and one line on Ctrl-C."""
+    args = parse_args(argv)
+    setup_logging()
+    return run_main(lambda: run(args), log)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,20 @@ source utils/tcmalloc.sh
 PY=.venv/bin/python
 CONFIG=configs/demo.yml
 OUT=results/demo
-ARGS=()
+SELECT=()  # what defines the experiment: the runs and the report get the same options
 if [ "${1:-}" = "--full" ]; then
   OUT=results/demo_full
-  ARGS=(--num_sub 256 --output_dir "$OUT" --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
+  SELECT=(--num_sub 256 --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
 fi
 for purifier in none diffpure reverse_only coup; do
-  "$PY" eval_sde_adv.py --config "$CONFIG" --purifier "$purifier" "${ARGS[@]}" > /dev/null
+  "$PY" eval_sde_adv.py --config "$CONFIG" --purifier "$purifier" --output_dir "$OUT" "${SELECT[@]}" > /dev/null
 done
 if [ "${1:-}" = "--full" ]; then  # COUP again with the guidance term hidden from the attack (as released)
-  "$PY" eval_sde_adv.py --config "$CONFIG" --purifier coup --grad_mode detached "${ARGS[@]}" > /dev/null
+  "$PY" eval_sde_adv.py --config "$CONFIG" --purifier coup --grad_mode detached --output_dir "$OUT" "${SELECT[@]}" > /dev/null
 fi
 if [ "${1:-}" = "--full" ]; then
   TITLE="Full demo: 256 images, 10 reverse steps (dt 0.01), PGD 10 x 1 EOT."
 else
   TITLE="Demo budget: 32 images, 10 reverse steps (dt 0.01), PGD 8 x 2 EOT, chosen to finish in <= 10 min on 2 CPU cores."
 fi
-"$PY" -m utils.report --results "$OUT" --config "$CONFIG" --out "$OUT" --title "$TITLE"
+"$PY" -m evaluation.report --results "$OUT" --config "$CONFIG" --out "$OUT" --title "$TITLE" "${SELECT[@]}"

@@ -16,11 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients
-from attacks.common import STAGE_ATTACK, repeat_seeds
+from attacks.common import repeat_seeds
 from attacks.pgd import BALLS, PGDEOT, PGDEOTConfig, eot_gradient
-from attacks.registry import ATTACKS
 from runners.aid import AIDDiscriminator, AIDPurifier
 from utils.config import require
+from utils.seeds import SeedStage
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class PGDAIDJoint(PGDEOT):
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag = None
         for step in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
-            noise_seeds = repeat_seeds(seed, indices, STAGE_ATTACK, step, config.eot_samples).to(x.device)
+            noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
             grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
             grad = grad + config.joint_weight * log_clean_gradient(discriminator, x_adv)
             if step == 0 and config.sanity_checks:
@@ -76,6 +76,5 @@ class PGDAIDJoint(PGDEOT):
         return x_adv, zero_gradient_flag
 
 
-ATTACKS.register(PGDAIDJoint.name)(PGDAIDJoint)
 
 __all__ = ["PGDAIDJoint", "PGDAIDJointConfig", "aid_discriminator", "log_clean_gradient"]

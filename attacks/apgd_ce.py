@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from attacks.autoattack import CHECKS_RUN, DEFAULT_EPS, AutoAttackEval
-from attacks.registry import ATTACKS
 from utils.compat import autoattack_class
 from utils.config import require
 
@@ -62,5 +61,3 @@ class ApgdCeEval(AutoAttackEval):
             setattr(adversary.apgd, field, getattr(self.config, field))
         return adversary
 
-
-ATTACKS.register(ApgdCeEval.name)(ApgdCeEval)

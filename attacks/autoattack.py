@@ -9,7 +9,7 @@ from torch import nn
 
 from attacks.checks import recorded_flags
 from attacks.common import AttackOutput, score_samples
-from attacks.registry import ATTACKS, check_attack_inputs
+from attacks.registry import check_attack_inputs
 from utils.compat import autoattack_class, reset_dynamic_check
 from utils.config import from_dict, require
 
@@ -38,7 +38,8 @@ class AutoAttackConfig:
     eot_iter: Optional[int] = None  # APGD EOT samples (None: 1, or 20 for 'rand')
 
     def __post_init__(self) -> None:
-        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
+        require(self.eps is None or 0 < self.eps <= 1,
+                f"attack.eps must lie in (0, 1] (images are in [0, 1]; 8/255 = 0.0314), got {self.eps}")
         for budget in BUDGET_TARGETS:
             value = getattr(self, budget)
             require(value is None or value >= 1, f"attack.{budget} must be >= 1 or null, got {value}")
@@ -91,5 +92,3 @@ class AutoAttackEval:
         flags.update(raised)
         return AttackOutput(x_adv.detach(), predictions, correct, flags)
 
-
-ATTACKS.register(AutoAttackEval.name)(AutoAttackEval)

@@ -8,12 +8,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from utils.seeds import derive_seeds
+from utils.seeds import SeedStage, derive_seeds
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
-# stage tags mixed into per-image seeds, so start noise, attack noise and scoring noise never coincide
-STAGE_START, STAGE_ATTACK, STAGE_SCORE = 0, 1, 2
 
 
 @dataclass
@@ -47,12 +45,6 @@ def repeat_seeds(seed: int, indices: torch.Tensor, stage: int, step: int, sample
     return torch.cat([derive_seeds(seed, indices, stage, step, k) for k in range(samples)])
 
 
-def per_row(seeds: torch.Tensor, draw: Callable[[torch.Generator], torch.Tensor],
-            device: torch.device) -> torch.Tensor:
-    """Stack draw(generator_b) over rows, generator_b a torch.Generator seeded with seeds[b] only: (B, ...)."""
-    return torch.stack([draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]).to(device)
-
-
 def majority_vote(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B,) most frequent label over predictions (K, B); ties go to the smallest label."""
     counts = nn.functional.one_hot(predictions, num_classes).sum(dim=0)
@@ -66,10 +58,10 @@ def score_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: t
 
     'single': the first forward; 'vote': the majority over all n_samples; 'worst': correct only if every
     forward is correct (its prediction is the first wrong label, or y). Sample k of image b uses
-    the noise seed (seed, index_b, STAGE_SCORE, 0, k) when the model accepts noise_seeds.
+    the noise seed (seed, index_b, SeedStage.SCORE, 0, k) when the model accepts noise_seeds.
     """
     forward = seeded_call(model)
-    logits = [forward(x, derive_seeds(seed, indices, STAGE_SCORE, 0, k).to(x.device)) for k in range(n_samples)]
+    logits = [forward(x, derive_seeds(seed, indices, SeedStage.SCORE, 0, k).to(x.device)) for k in range(n_samples)]
     predictions = torch.stack([out.argmax(dim=-1) for out in logits])
     hits = predictions == y.unsqueeze(0)
     all_correct = hits.all(dim=0)

@@ -17,10 +17,11 @@ from torch import nn
 from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
-from attacks.common import STAGE_ATTACK, STAGE_SCORE, AttackOutput, LogitsFn, repeat_seeds, score_samples, seeded_call
+from attacks.common import AttackOutput, LogitsFn, repeat_seeds, score_samples, seeded_call
 from attacks.pgd import BALLS, PGDEOT, PGDEOTConfig, straight_through
-from attacks.registry import ATTACKS, check_attack_inputs
+from attacks.registry import check_attack_inputs
 from utils.config import require
+from utils.seeds import SeedStage
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class DiffPureProtocolPGD(PGDEOT):
                 step: int) -> torch.Tensor:
         """Predictions (B,) from the logits averaged over defense_samples fresh purifications of x (B, ...)."""
         samples = self.config.defense_samples
-        seeds = repeat_seeds(seed, indices, STAGE_SCORE, 1 + step, samples).to(x.device)
+        seeds = repeat_seeds(seed, indices, SeedStage.SCORE, 1 + step, samples).to(x.device)
         with torch.no_grad():
             return averaged_logits(seeded_call(model), x, samples, seeds).argmax(dim=-1)
 
@@ -64,7 +65,7 @@ class DiffPureProtocolPGD(PGDEOT):
                       seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad of CE(mean of K logits, y) w.r.t. x_adv, the averaged logits (B, classes), detached)."""
         samples = self.config.eot_samples
-        seeds = repeat_seeds(seed, indices, STAGE_ATTACK, step, samples).to(x_adv.device)
+        seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, samples).to(x_adv.device)
         with torch.enable_grad():
             x_in = x_adv.detach().requires_grad_(True)
             logits = averaged_logits(forward, x_in, samples, seeds)
@@ -119,6 +120,3 @@ class DiffPureProtocolBPDA(DiffPureProtocolPGD):
         """classifier(x + (purifier(x) - x).detach())."""
         return straight_through(model)
 
-
-ATTACKS.register(DiffPureProtocolPGD.name)(DiffPureProtocolPGD)
-ATTACKS.register(DiffPureProtocolBPDA.name)(DiffPureProtocolBPDA)

@@ -10,11 +10,11 @@ from torch import nn
 from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
-from attacks.common import (STAGE_ATTACK, STAGE_START, AttackOutput, LogitsFn, per_row,
+from attacks.common import (AttackOutput, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
-from attacks.registry import ATTACKS, check_attack_inputs
+from attacks.registry import check_attack_inputs
 from utils.config import from_dict, require
-from utils.seeds import derive_seeds
+from utils.seeds import SeedStage, derive_seeds, per_row
 
 Norm = Literal["Linf", "L2"]
 DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}
@@ -36,7 +36,8 @@ class PGDEOTConfig:
     sanity_checks: bool = True  # AutoAttack's checks once per run() call, and the zero-gradient check
 
     def __post_init__(self) -> None:
-        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
+        require(self.eps is None or 0 < self.eps <= 1,
+                f"attack.eps must lie in (0, 1] (images are in [0, 1]; 8/255 = 0.0314), got {self.eps}")
         require(self.step_size is None or self.step_size > 0, f"attack.step_size must be > 0, got {self.step_size}")
         require(self.iterations >= 1, f"attack.iterations must be >= 1, got {self.iterations}")
         require(self.eot_samples >= 1, f"attack.eot_samples must be >= 1, got {self.eot_samples}")
@@ -150,9 +151,9 @@ class PGDEOT:
         return seeded_call(model)
 
     def random_start(self, x: torch.Tensor, indices: torch.Tensor, seed: int) -> torch.Tensor:
-        """x plus a per-image random perturbation seeded by (seed, index, STAGE_START), clipped to [0, 1]."""
+        """x plus a per-image random perturbation seeded by (seed, index, SeedStage.ATTACK_START), clipped to [0, 1]."""
         ball, eps = BALLS[self.config.norm], self.config.radius
-        seeds = derive_seeds(seed, indices, STAGE_START, 0, 0)
+        seeds = derive_seeds(seed, indices, SeedStage.ATTACK_START, 0, 0)
         delta = per_row(seeds, lambda g: ball.start(tuple(x.shape[1:]), eps, g, x.dtype), x.device)
         return (x + delta).clamp(0.0, 1.0)
 
@@ -164,7 +165,7 @@ class PGDEOT:
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag = None
         for step in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
-            noise_seeds = repeat_seeds(seed, indices, STAGE_ATTACK, step, config.eot_samples).to(x.device)
+            noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
             grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
             if step == 0 and config.sanity_checks:
                 zero_gradient_flag = check_zero_gradients(grad)
@@ -195,7 +196,5 @@ class BPDAEOT(PGDEOT):
         return straight_through(model)
 
 
-ATTACKS.register(PGDEOT.name)(PGDEOT)
-ATTACKS.register(BPDAEOT.name)(BPDAEOT)
 
 __all__ = ["BPDAEOT", "BPDAEOTConfig", "PGDEOT", "PGDEOTConfig", "eot_gradient", "straight_through"]

@@ -9,7 +9,7 @@ from torch import nn
 from attacks.common import AttackOutput
 from utils.config import from_dict
 from utils.images import check_images
-from utils.registry import Registry
+from utils.registry import Lazy, Registry
 
 
 class Attack(Protocol):
@@ -24,7 +24,15 @@ class Attack(Protocol):
         ...
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", {
+    "pgd_eot": Lazy("attacks.pgd", "PGDEOT"),
+    "bpda_eot": Lazy("attacks.pgd", "BPDAEOT"),
+    "autoattack": Lazy("attacks.autoattack", "AutoAttackEval"),
+    "pgd_aid_joint": Lazy("attacks.aid_joint", "PGDAIDJoint"),
+    "apgd_ce": Lazy("attacks.apgd_ce", "ApgdCeEval"),
+    "pgd_eot_diffpure": Lazy("attacks.diffpure_protocol", "DiffPureProtocolPGD"),
+    "bpda_eot_diffpure": Lazy("attacks.diffpure_protocol", "DiffPureProtocolBPDA"),
+})
 
 
 def attack_config(name: str, params: Mapping[str, Any] | None = None) -> Any:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifiers.wide_resnet import wide_resnet  # noqa: E402
 from runners.purifiers import DiffusionPurifier, PurifierConfig  # noqa: E402
-from score_sde import NCSNpp, ScoreSDEBackbone, VPSDE  # noqa: E402
+from diffusion.sde import VPSDE  # noqa: E402
+from score_sde import NCSNpp, ScoreSDEBackbone  # noqa: E402
 from score_sde.config import NCSNppConfig  # noqa: E402
 from utils.config import from_dict, read_yaml  # noqa: E402
 from utils.images import to_image_space  # noqa: E402

@@ -1,8 +1,5 @@
 """Classifiers: [0, 1] images (B, C, H, W) in, logits out; built by name from a ClassifierConfig."""
 from classifiers import zoo
-from classifiers import cohen  # noqa: F401  (registers the randomized-smoothing and ImageNet classifiers)
-from classifiers import robustbench_zoo  # noqa: F401  (registers 'robustbench': any RobustBench zoo entry, offline)
-from classifiers import attribute  # noqa: F401  (registers the CelebA-HQ attribute classifiers)
 from classifiers.registry import CLASSIFIERS, ClassifierConfig, build_classifier
 from classifiers.zoo import fmnist_wrn_16_2
 

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifiers.cohen import load_strict
-from classifiers.registry import CLASSIFIERS, ClassifierConfig, require_file, require_shape, resolve_path
-from utils.celebahq import CELEBAHQ_ATTRIBUTES
+from classifiers.registry import ClassifierConfig, require_file, require_shape, resolve_path
 from utils.checkpoints import CheckpointError, read_checkpoint
 
 CELEBAHQ_RESOLUTION = 256
@@ -208,5 +207,5 @@ def _celebahq_classifier(attribute: str):
     return build
 
 
-for _attribute in CELEBAHQ_ATTRIBUTES:
-    CLASSIFIERS.register(f"celebahq__{_attribute}")(_celebahq_classifier(_attribute))
+celebahq_eyeglasses = _celebahq_classifier("Eyeglasses")
+celebahq_smiling = _celebahq_classifier("Smiling")

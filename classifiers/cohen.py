@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from classifiers.registry import CLASSIFIERS, ClassifierConfig, require_file, require_shape, resolve_path
+from classifiers.registry import ClassifierConfig, require_file, require_shape, resolve_path
 from classifiers.wide_resnet import Normalized
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint
 
@@ -125,8 +125,7 @@ def load_strict(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -
     return net
 
 
-@CLASSIFIERS.register("cohen-cifar10-resnet110")
-def _cohen_cifar10_resnet110(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def cohen_cifar10_resnet110(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """Cohen's CIFAR-10 ResNet-110 ('cifar_resnet110'), Gaussian-noise trained; CIFAR mean/std inside."""
     require_shape(config, in_channels=3, num_classes=10)
     path = resolve_path(config.checkpoint or COHEN_CIFAR10_PATH, base_dir)
@@ -143,8 +142,7 @@ def torchvision_resnet50() -> nn.Module:
         return torchvision.models.resnet50(weights=None)
 
 
-@CLASSIFIERS.register("cohen-imagenet-resnet50")
-def _cohen_imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def cohen_imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """Cohen's ImageNet ResNet-50 ('resnet50', DataParallel keys), Gaussian-noise trained; ImageNet mean/std inside."""
     require_shape(config, in_channels=3, num_classes=1000)
     path = resolve_path(config.checkpoint or COHEN_IMAGENET_PATH, base_dir)
@@ -170,8 +168,7 @@ def beit_state(net: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k in expected or not k.endswith("relative_position_index")}
 
 
-@CLASSIFIERS.register("timm-beit")
-def _timm_beit(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def timm_beit_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """DiffSmooth's ImageNet BEiT in Cohen's format (arch = the timm name); (x - 0.5) / 0.5 inside, 224x224 input."""
     require_shape(config, in_channels=3, num_classes=1000)
     path = resolve_path(config.checkpoint or DIFFSMOOTH_BEIT_PATH, base_dir)
@@ -180,8 +177,7 @@ def _timm_beit(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     return Normalized(load_strict(net, beit_state(net, state), path), VIT_MEAN, VIT_STD)
 
 
-@CLASSIFIERS.register("imagenet-resnet50")
-def _imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """torchvision's standard ImageNet ResNet-50 from a local state_dict file; ImageNet mean/std inside."""
     require_shape(config, in_channels=3, num_classes=1000)
     path = resolve_path(config.checkpoint or IMAGENET_RESNET50_PATH, base_dir)

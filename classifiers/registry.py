@@ -9,9 +9,21 @@ import torch
 from torch import nn
 
 from utils.config import require
-from utils.registry import Registry
+from utils.registry import Lazy, Registry
 
-CLASSIFIERS: Registry[nn.Module] = Registry("classifier")
+CLASSIFIERS: Registry[nn.Module] = Registry("classifier", {
+    "cifar10-standard-wrn-28-10": Lazy("classifiers.zoo", "standard_wrn_28_10"),
+    "cifar10-wrn-70-16-dropout": Lazy("classifiers.zoo", "wrn_70_16_dropout"),
+    "fmnist-wrn-16-2": Lazy("classifiers.zoo", "fmnist_wrn_16_2_classifier"),
+    "tiny-wrn": Lazy("classifiers.zoo", "tiny_wrn"),
+    "cohen-cifar10-resnet110": Lazy("classifiers.cohen", "cohen_cifar10_resnet110"),
+    "cohen-imagenet-resnet50": Lazy("classifiers.cohen", "cohen_imagenet_resnet50"),
+    "timm-beit": Lazy("classifiers.cohen", "timm_beit_classifier"),
+    "imagenet-resnet50": Lazy("classifiers.cohen", "imagenet_resnet50"),
+    "robustbench": Lazy("classifiers.robustbench_zoo", "robustbench_classifier"),
+    "celebahq__Eyeglasses": Lazy("classifiers.attribute", "celebahq_eyeglasses"),
+    "celebahq__Smiling": Lazy("classifiers.attribute", "celebahq_smiling"),
+})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classifiers.registry import CLASSIFIERS, ClassifierConfig, require_shape, resolve_path
+from classifiers.registry import ClassifierConfig, require_shape, resolve_path
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, strip_prefix, tensor_dict
 from utils.compat import import_robustbench
 from utils.config import require
@@ -92,8 +92,7 @@ def load_robustbench(model: str, dataset: str, threat_model: str, model_dir: Pat
     return net
 
 
-@CLASSIFIERS.register("robustbench")
-def _robustbench(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def robustbench_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """Any single-file RobustBench zoo entry by classifier.model, .dataset and .threat_model, from model_dir."""
     require(None not in (config.model, config.dataset, config.threat_model),
             "classifier 'robustbench' needs classifier.model (a RobustBench zoo name, e.g. Wang2023Better_WRN-28-10), "

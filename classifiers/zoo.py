@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from classifiers.registry import (CLASSIFIERS, ClassifierConfig, load_state_dict, require_file, require_shape,
+from classifiers.registry import (ClassifierConfig, load_state_dict, require_file, require_shape,
                                   resolve_path)
 from classifiers.robustbench_zoo import load_robustbench
 from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_resnet
@@ -25,8 +25,7 @@ def fmnist_wrn_16_2(seed: int | None = None, num_classes: int = 10) -> nn.Module
     return wide_resnet(depth=16, widen_factor=2, in_channels=1, num_classes=num_classes, seed=seed)
 
 
-@CLASSIFIERS.register("cifar10-standard-wrn-28-10")
-def _standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """RobustBench's CIFAR-10 Linf 'Standard' WRN-28-10 (no normalisation inside), loaded offline from model_dir."""
     require(config.checkpoint is None, "cifar10-standard-wrn-28-10 is loaded by RobustBench from "
             "classifier.model_dir (<model_dir>/cifar10/Linf/Standard.pt); set model_dir, not checkpoint")
@@ -34,8 +33,7 @@ def _standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     return load_robustbench("Standard", "cifar10", "Linf", resolve_path(config.model_dir, base_dir))
 
 
-@CLASSIFIERS.register("cifar10-wrn-70-16-dropout")
-def _wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """DiffPure's WRN-70-16 (dropout 0.3) with CIFAR-10 mean/std normalisation inside; 'module.' keys stripped."""
     require_shape(config, in_channels=3, num_classes=10)
     path = require_file(resolve_path(config.checkpoint or WRN_70_16_DROPOUT_PATH, base_dir), WRN_70_16_SOURCE)
@@ -44,8 +42,7 @@ def _wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     return Normalized(net, CIFAR10_MEAN, CIFAR10_STD)
 
 
-@CLASSIFIERS.register("fmnist-wrn-16-2")
-def _fmnist_wrn_16_2(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def fmnist_wrn_16_2_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """The demo Fashion-MNIST WRN-16-2 (1 channel, 32x32), trained by training/train_classifier.py."""
     require_shape(config, in_channels=1, num_classes=10)
     path = require_file(resolve_path(config.checkpoint or DEMO_CLASSIFIER_PATH, base_dir), DEMO_SOURCE)
@@ -54,8 +51,7 @@ def _fmnist_wrn_16_2(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     return net
 
 
-@CLASSIFIERS.register("tiny-wrn")
-def _tiny_wrn(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+def tiny_wrn(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """WRN-10-1 for tests: random init from config.seed, or weights from config.checkpoint when given."""
     net = wide_resnet(depth=10, widen_factor=1, in_channels=config.in_channels or 3,
                       num_classes=config.num_classes or 10, seed=config.seed)

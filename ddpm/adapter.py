@@ -7,7 +7,7 @@ from pathlib import Path
 from ddpm.unet import DDPMUNet, DDPMUNetConfig
 from guided_diffusion.adapter import GuidedDiffusionBackbone, load_strict
 from guided_diffusion.schedules import DiscreteSchedule, ScheduleConfig
-from score_sde.sde import VPSDE
+from diffusion.sde import VPSDE
 
 CELEBAHQ_CHECKPOINT_PATH = "pretrained/ddpm/celeba_hq.ckpt"
 CELEBAHQ_CHECKPOINT_URL = "https://image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/celeba_hq.ckpt"

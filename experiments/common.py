@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -19,7 +18,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from utils.config import ConfigError  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.files import atomic_write, atomic_write_text, config_digest  # noqa: E402
 from utils.precision import numerics  # noqa: E402
 from utils.provenance import provenance  # noqa: E402
 from utils.stats import wilson_interval  # noqa: E402
@@ -75,9 +75,7 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write data as indented JSON (atomically: a temporary file renamed into place)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
     return path
 
 
@@ -104,7 +102,7 @@ def label_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, title_size: i
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save a figure as PNG (150 dpi, tight) and close it."""
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)
     logger.info("wrote %s", path)
     return path
@@ -144,7 +142,7 @@ def parse_values(text: str) -> list[float]:
 
 def fingerprint(settings: dict[str, Any]) -> str:
     """A short hash of the settings that a stored point must share with the current run."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+    return config_digest(settings, default=_plain)[:16]
 
 
 class PointStore:
@@ -189,9 +187,11 @@ def log_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Call main() in full float32 (utils/precision.py); a config or input error exits with its one-line message."""
-    try:
+    """Call main() in full float32 (utils/precision.py) and exit with utils.cli's code: 2 and one line on a user
+    error, 130 on Ctrl-C."""
+
+    def in_float32() -> Any:
         with numerics():
-            main()
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
-        sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}")
+            return main()
+
+    sys.exit(run_main(in_float32, logger))

@@ -6,11 +6,9 @@ import dataclasses
 import functools
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-import yaml
 from torch import nn
 
 from attacks.common import AttackOutput
@@ -19,36 +17,22 @@ from classifiers import build_classifier
 from experiments.common import REPO_ROOT, run_metadata
 from runners.backbones import build_backbone
 from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
-from runners.purifiers import Purifier, PurifierConfig, resolve_purifier_config
+from runners.purifiers import DIFFUSION_METHODS, Purifier, PurifierConfig, resolve_purifier_config
 from utils.config import ConfigError, to_dict
 from utils.data import ImageSet, load_images
-from utils.experiment import Experiment, dump_yaml, load_experiment
-from utils.seeds import derive_seeds
+from evaluation.experiment import Experiment, load_experiment
+from utils.cli import add_spine, command_overrides, dry_run_text, parse_assignments
+from utils.seeds import SeedStage, derive_seeds
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yml"
-DIFFUSION_METHODS = ("reverse_only", "diffpure", "coup")
-# seed tags: the defense noise of experiment k never reuses the attack's or the scorer's seeds
-DEFENSE_STAGE = 7
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """'a.b=0.1' -> ('a.b', 0.1): the value is read as YAML (numbers, booleans, lists)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, num_images: int) -> None:
-    """--config, --set, --num-images, --batch-size."""
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="experiment YAML (data, classifier, backbone, purifier; default configs/demo.yml)")
-    parser.add_argument("--set", type=parse_assignment, action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted override of the YAML, e.g. --set purifier.dt=0.002 (repeatable)")
+    """--config, --set, --dry-run (utils.cli), --num-images, --batch-size."""
+    add_spine(parser, "experiment YAML (data, classifier, backbone, purifier; default configs/demo.yml)", DEFAULT_CONFIG)
     parser.add_argument("--num-images", type=int, default=None,
                         help=f"first N images of the config's data subset (default {num_images}, or all if fewer)")
     parser.set_defaults(default_num_images=num_images)
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved experiment config and exit")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per batch (default: the config's eval.adv_batch_size)")
 
@@ -58,7 +42,7 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="pgd_eot",
                         help="attack registry name (default pgd_eot); its parameters start from the config's first "
                              "`attacks:` entry of that name")
-    parser.add_argument("--attack-param", type=parse_assignment, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override one attack parameter, e.g. --attack-param iterations=20 (repeatable)")
 
 
@@ -127,9 +111,9 @@ def load_setup(args: argparse.Namespace) -> ImageSetup:
 
     With --dry-run the resolved config is printed and the program exits.
     """
-    experiment = load_experiment(args.config, dict(args.set))
+    experiment = load_experiment(args.config, command_overrides(args, {}))
     if args.dry_run:
-        sys.stdout.write(dump_yaml(experiment))
+        sys.stdout.write(dry_run_text(experiment.to_dict(), args.out.resolve()))
         raise SystemExit(0)
     file, base = experiment.file, experiment.base_dir
     classifier = build_classifier(file.classifier, base)
@@ -147,13 +131,13 @@ def load_setup(args: argparse.Namespace) -> ImageSetup:
     return ImageSetup(experiment, classifier, guidance, images, batch_size)
 
 
-def attack_parameters(experiment: Experiment, name: str, overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+def attack_parameters(experiment: Experiment, name: str, overrides: list[str]) -> dict[str, Any]:
     """Registry defaults <- the config's first adaptive `attacks:` entry named `name` <- overrides."""
     ATTACKS.get(name)  # an unknown name fails here with the list of valid ones
     adaptive = (spec for spec in experiment.attacks
                 if spec.name == name and getattr(spec, "target", "defended") == "defended")
     from_config = next((to_dict(spec.config) for spec in adaptive), {})
-    return {**from_config, **dict(overrides)}
+    return {**from_config, **parse_assignments(overrides)}
 
 
 def make_attack(setup: ImageSetup, args: argparse.Namespace) -> tuple[Attack, dict[str, Any]]:
@@ -170,8 +154,8 @@ def attack_images(setup: ImageSetup, attack: Attack, model: nn.Module) -> list[A
 
 
 def defense_seeds(seed: int, indices: torch.Tensor, key: int = 0) -> torch.Tensor:
-    """(B,) purification noise seeds per image: a hash of (seed, dataset index, DEFENSE_STAGE, key)."""
-    return derive_seeds(seed, indices, DEFENSE_STAGE, key)
+    """(B,) purification noise seeds per image: a hash of (seed, dataset index, SeedStage.DEFENSE, key)."""
+    return derive_seeds(seed, indices, SeedStage.DEFENSE, key)
 
 
 @torch.no_grad()

@@ -18,10 +18,9 @@ from experiments.common import (PointStore, base_parser, label_axes, log_table, 
                                 wilson_row, write_results)
 from experiments.image_setup import (DIFFUSION_METHODS, add_model_arguments, config_record, defense_seeds,
                                      image_metadata, load_setup, method_fields, predict, seeds_record)
-from utils.seeds import derive_seeds
+from utils.seeds import SeedStage, derive_seeds, per_row
 
 NAME = "salt_pepper"
-CORRUPTION_STAGE = 11  # seed tag of the corruption fields, distinct from the defense noise
 METHOD_LABELS = {"none": "no defense", "reverse_only": "reverse-only", "diffpure": "DiffPure", "coup": "COUP"}
 logger = logging.getLogger(__name__)
 
@@ -30,8 +29,7 @@ def salt_and_pepper(x: torch.Tensor, amount: float, seeds: torch.Tensor) -> torc
     """x (B, C, H, W) in [0, 1] with pixels set to 0 (u < p/2) or 1 (p/2 <= u < p), u ~ U(0, 1) per image seed."""
     if not 0.0 <= amount <= 1.0:
         raise ValueError(f"salt-and-pepper amount must lie in [0, 1], got {amount}")
-    u = torch.stack([torch.rand(tuple(x.shape[-2:]), generator=torch.Generator().manual_seed(int(s)))
-                     for s in seeds.tolist()]).unsqueeze(1).to(x.device, x.dtype)
+    u = per_row(seeds, lambda gen: torch.rand(tuple(x.shape[-2:]), generator=gen)).unsqueeze(1).to(x.device, x.dtype)
     pepper, salt = u < amount / 2.0, (u >= amount / 2.0) & (u < amount)
     return torch.where(pepper, torch.zeros_like(x), torch.where(salt, torch.ones_like(x), x))
 
@@ -76,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     coup = setup.coup_config(args.t_star, args.guidance_scale)
     images = setup.images
     store = PointStore(out, {"config": config_record(setup), "seeds": seeds_record(setup, args.seed)})
-    corruption_seeds = derive_seeds(args.seed, images.indices, CORRUPTION_STAGE)
+    corruption_seeds = derive_seeds(args.seed, images.indices, SeedStage.CORRUPTION)
     noise_seeds = defense_seeds(args.seed, images.indices)
     rows = []
     for method in args.methods:
@@ -94,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                             for k, v in wilson_row(result["correct"], result["images"]).items()}})
         logger.info("%s: %s", method, " ".join(f"{r['accuracy']:.3f}" for r in rows[-len(args.amounts):]))
     payload = {"experiment": NAME, "t_star": coup.t_star, "guidance_scale": coup.guidance_scale, "rows": rows,
-               "metadata": image_metadata(setup, argv, args.seed, corruption_stage=CORRUPTION_STAGE)}
+               "metadata": image_metadata(setup, argv, args.seed, corruption_stage=int(SeedStage.CORRUPTION))}
     caption = f"{len(images.y)} images; purifiers at t* = {coup.t_star:g}, COUP λ = {coup.guidance_scale:g}"
     write_results(out, NAME, payload, rows, plot(rows, caption))
     log_table(rows, ["method", "amount", "correct", "accuracy", "ci_low", "ci_high"])

@@ -22,8 +22,8 @@ from torch import nn
 
 from runners.guidance import GuidedScore, LabelMode
 from runners.solvers import TimeGrid, solve_exact
-from score_sde.adapter import VPBackbone
-from score_sde.sde import VPSDE, _per_sample
+from diffusion.backbone import VPBackbone
+from diffusion.sde import VPSDE, _per_sample
 from utils.images import to_diffusion_space, to_image_space
 from utils.registry import Registry
 

@@ -11,8 +11,8 @@ from torch import nn
 from guided_diffusion.schedules import (ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR10_SCHEDULE, DiscreteSchedule,
                                         ScheduleConfig, alpha_bar_to_timestep)
 from guided_diffusion.unet import UNetConfig, UNetModel
-from score_sde.adapter import VPBackbone
-from score_sde.sde import VPSDE
+from diffusion.backbone import VPBackbone
+from diffusion.sde import VPSDE
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
 
 logger = logging.getLogger(__name__)

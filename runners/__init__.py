@@ -1,1 +1,1 @@
-from runners import aid  # noqa: F401  (registers purifier 'aid' in runners.defended.PURIFIERS)
+"""Purifiers (COUP, DiffPure, reverse-only, DiffSmooth, AID), their solvers, guidance and the defended model."""

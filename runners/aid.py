@@ -21,7 +21,7 @@ from torch import nn
 
 from classifiers.registry import resolve_path
 from classifiers.taps import features, paper_tap_names, tap_channels, tap_modules
-from runners.defended import PURIFIERS, PurifierContext, PurifierSpec
+from runners.defended import PurifierContext, PurifierSpec
 from runners.purifiers import Purifier
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
 from utils.config import require
@@ -234,4 +234,4 @@ def build_aid(config: AIDConfig, context: PurifierContext) -> AIDPurifier:
     return AIDPurifier(discriminator, config.def_step, config.eps, config.step_size, config.grad_mode)
 
 
-PURIFIERS.register("aid")(PurifierSpec(AIDConfig, build_aid))
+AID_PURIFIER = PurifierSpec(AIDConfig, build_aid, needs_backbone=False)

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from guided_diffusion.adapter import GuidedDiffusionBackbone
+from runners.defended import PurifierSpec
 from runners.noise import NoiseSource, per_row_normal
 from runners.purifiers import Purifier
 from runners.solvers import iterate_steps
@@ -115,3 +116,6 @@ def seeded_noise(row_seeds: torch.Tensor, shape: tuple[int, ...], device: torch.
                  dtype: torch.dtype) -> NoiseFn:
     """k -> standard normal (B, *shape), row b drawn from a generator seeded with derive_seeds(0, row_seeds[b], k)."""
     return lambda k: per_row_normal(derive_seeds(0, row_seeds, k), shape, device, dtype)
+
+
+ANCESTRAL_PURIFIER = PurifierSpec(AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config))

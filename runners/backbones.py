@@ -7,7 +7,8 @@ from typing import Any, Callable, Optional
 
 from ddpm import DDPMConfig, load_ddpm_backbone
 from guided_diffusion import GuidedDiffusionConfig, load_backbone
-from score_sde import NCSNppConfig, ScoreSDEBackbone, VPSDE, load_score_model
+from diffusion.sde import VPSDE
+from score_sde import NCSNppConfig, ScoreSDEBackbone, load_score_model
 from score_sde.analytic import GaussianBackbone
 from utils.config import from_dict, require
 from utils.registry import Registry

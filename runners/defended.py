@@ -8,12 +8,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from runners.ancestral import AncestralConfig, AncestralPurifier
-from runners.purifiers import (DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig,
+from runners.purifiers import (PRESETS, DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig,
                                resolve_purifier_config)
-from score_sde.adapter import VPBackbone
+from diffusion.backbone import VPBackbone
 from utils.config import from_dict
-from utils.registry import Registry
+from utils.images import check_dtype, check_images
+from utils.registry import Lazy, Registry
 from utils.seeds import derive_seeds
 
 
@@ -41,6 +41,7 @@ class PurifierSpec:
     config_type: type
     build: Callable[[Any, PurifierContext], Purifier]
     resolve: Callable[[Any], Any] = lambda config: config
+    needs_backbone: bool = True
 
 
 def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
@@ -49,12 +50,13 @@ def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
     return DiffusionPurifier(context.backbone(), config, guidance)
 
 
-PURIFIERS: Registry[PurifierSpec] = Registry("purifier")
-PURIFIERS.register("none")(PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier()))
-for _name in ("coup", "diffpure", "reverse_only"):
-    PURIFIERS.register(_name)(PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config))
-PURIFIERS.register("diffpure_ddpm")(PurifierSpec(
-    AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config)))
+DIFFUSION_PURIFIER = PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config)
+PURIFIERS: Registry[PurifierSpec] = Registry("purifier", {
+    "none": PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier(), needs_backbone=False),
+    **{name: DIFFUSION_PURIFIER for name in PRESETS},
+    "aid": Lazy("runners.aid", "AID_PURIFIER"),
+    "diffpure_ddpm": Lazy("runners.ancestral", "ANCESTRAL_PURIFIER"),
+})
 
 
 def parse_purifier_config(raw: dict[str, Any]) -> Any:
@@ -63,6 +65,11 @@ def parse_purifier_config(raw: dict[str, Any]) -> Any:
         raise ValueError(f"purifier: needs a 'name' (one of {', '.join(PURIFIERS.names())})")
     spec = PURIFIERS.get(raw["name"])
     return spec.resolve(from_dict(spec.config_type, raw, "purifier"))
+
+
+def needs_backbone(config: Any) -> bool:
+    """Whether the purifier named in config loads a diffusion backbone."""
+    return PURIFIERS.get(config.name).needs_backbone
 
 
 def build_purifier(config: Any, context: PurifierContext) -> Purifier:
@@ -79,6 +86,8 @@ class DefendedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, num_classes); noise_seeds (B,) fixes each row's purification noise."""
+        check_images(x)
+        check_dtype(x, self.classifier)
         return self.classifier(self.purifier(x, noise_seeds))
 
 

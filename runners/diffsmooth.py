@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from guided_diffusion import DiscreteSchedule, GuidedDiffusionBackbone, sigma_to_timestep
-from score_sde.adapter import VPBackbone
-from score_sde.sde import VPSDE, std_to_time
+from diffusion.backbone import VPBackbone
+from diffusion.sde import VPSDE, std_to_time
 from utils.images import to_diffusion_space, to_image_space
 
 Vote = Literal["soft", "hard"]

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.sde import ScoreFn
 from utils.images import to_image_space
 from utils.registry import Registry
 
 LabelMode = Literal["argmax", "input", "given"]
 GradMode = Literal["detached", "full"]
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

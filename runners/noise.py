@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from utils.seeds import SEED_BITS, derive_seeds
+from utils.seeds import SEED_BITS, derive_seeds, per_row
 
 
 def per_row_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device,
                    dtype: torch.dtype) -> torch.Tensor:
-    """Standard normal (B, *shape): row b is drawn from a generator seeded with seeds[b] only."""
-    rows = []
-    for seed in seeds.tolist():
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        rows.append(torch.randn(shape, generator=gen, device=device, dtype=dtype))
-    return torch.stack(rows)
+    """Standard normal (B, *shape): row b is drawn from a CPU generator seeded with seeds[b] only (utils.seeds.per_row)."""
+    return per_row(seeds, lambda gen: torch.randn(shape, generator=gen, dtype=dtype), device)
 
 
 class NoiseSource:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -11,11 +12,12 @@ from torch import nn
 
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
-from runners.solvers import ScoreFn, StepCallback, TimeGrid, solve_exact, solve_torchsde
-from score_sde.adapter import VPBackbone
-from score_sde.sde import DiscreteDDPMSchedule
+from runners.solvers import StepCallback, TimeGrid, solve_exact
+from runners.torchsde_backend import solve_torchsde
+from diffusion.backbone import VPBackbone
+from diffusion.sde import DiscreteDDPMSchedule, ScoreFn
 from utils.config import require
-from utils.images import check_images, to_diffusion_space, to_image_space
+from utils.images import check_dtype, check_images, to_diffusion_space, to_image_space
 from utils.registry import Registry
 
 Backend = Literal["exact", "torchsde"]
@@ -39,13 +41,20 @@ class PurifierConfig:
     adjoint_over_networks: bool = False
     fixed_noise: bool = False
     seed: int = 0
+    allow_anti_guidance: bool = False  # a negative guidance_scale pushes away from the label: an ablation only
 
     def __post_init__(self) -> None:
         require(0.0 < self.t_star <= 1.0, f"purifier.t_star must lie in (0, 1], got {self.t_star}")
         require(self.dt > 0.0, f"purifier.dt must be > 0, got {self.dt}")
         require(0.0 <= self.t_end < self.t_star, f"purifier.t_end must lie in [0, t_star), got {self.t_end}")
+        require(self.dt <= self.t_star,
+                f"purifier.dt {self.dt} is larger than t_star {self.t_star}: the solver could take only one step of "
+                f"{self.t_star - self.t_end:.6g}; set dt <= t_star (t_star / dt steps are taken)")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
+        require(self.guidance_scale is None or self.guidance_scale >= 0.0 or self.allow_anti_guidance,
+                f"purifier.guidance_scale {self.guidance_scale} < 0 is anti-guidance (an ablation, never a defense); "
+                "set purifier.allow_anti_guidance: true to run it anyway")
 
 
 @dataclass(frozen=True)
@@ -58,11 +67,13 @@ class Preset:
     guided: bool
 
 
+# the purification methods, declared once: every other list of them derives from this one
 PRESETS: dict[str, Preset] = {
-    "coup": Preset(forward_noise=False, clamp_output=True, guidance_scale=1.0, guided=True),
     "reverse_only": Preset(forward_noise=False, clamp_output=True, guidance_scale=0.0, guided=False),
     "diffpure": Preset(forward_noise=True, clamp_output=False, guidance_scale=0.0, guided=False),
+    "coup": Preset(forward_noise=False, clamp_output=True, guidance_scale=1.0, guided=True),
 }
+DIFFUSION_METHODS = tuple(PRESETS)
 
 
 def resolve_purifier_config(config: PurifierConfig) -> PurifierConfig:
@@ -77,6 +88,26 @@ def resolve_purifier_config(config: PurifierConfig) -> PurifierConfig:
         config, guidance_scale=scale,
         forward_noise=preset.forward_noise if config.forward_noise is None else config.forward_noise,
         clamp_output=preset.clamp_output if config.clamp_output is None else config.clamp_output)
+
+
+# a solver backend bound to its purifier: (score_fn, x_start in [-1, 1], z (n_steps, B, ...), callback) -> x at t_end
+Solve = Callable[[ScoreFn, torch.Tensor, torch.Tensor, Optional[StepCallback]], torch.Tensor]
+
+
+def purify(score_fn: ScoreFn, x: torch.Tensor, z: torch.Tensor, solve: Solve, alpha_bar: Optional[float],
+           clamp: bool, callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Purify images x (B, C, H, W) in [0, 1] with noise z (1 + n_steps, B, C, H, W): [0, 1] images out.
+
+    x_0 = 2x - 1; DiffPure noises it to its starting time, x_0 = sqrt(abar) x_0 + sqrt(1 - abar) z_0 (alpha_bar
+    None: no forward noise, as in COUP and reverse-only); `solve` integrates the reverse SDE from t* to t_end
+    with z_1.., x_{k+1} = x_k - h_k [f(x_k, tau_k) - g(tau_k)^2 s(x_k, tau_k)] + g(tau_k) sqrt(h_k) z_k, where
+    s is score_fn (COUP: s + lambda grad log p(y | x_t)); clamp to [-1, 1]; back to [0, 1] as (x + 1) / 2.
+    """
+    x_t = to_diffusion_space(x)
+    if alpha_bar is not None:
+        x_t = math.sqrt(alpha_bar) * x_t + math.sqrt(1.0 - alpha_bar) * z[0]
+    x_t = solve(score_fn, x_t, z[1:], callback)
+    return to_image_space(x_t.clamp(-1.0, 1.0) if clamp else x_t)
 
 
 class Purifier(nn.Module):
@@ -132,19 +163,14 @@ class DiffusionPurifier(Purifier):
         on passes without gradient tracking, e.g. under torch.no_grad()). It does not change the output.
         """
         check_images(x)
+        check_dtype(x, self)
         if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
             raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
                                "not torch.inference_mode()")
-        z = self.draw_noise(x, noise_seeds)
-        x_start = to_diffusion_space(x)
-        if self.config.forward_noise:
-            x_start = math.sqrt(self.alpha_bar) * x_start + math.sqrt(1.0 - self.alpha_bar) * z[0]
         labels = self.guided.path_labels(x, labels)
-        solve = BACKENDS.get(self.config.backend)
-        x_out = solve(self, lambda x_t, t: self.guided(x_t, t, labels), x_start, z[1:], callback)
-        if self.config.clamp_output:
-            x_out = x_out.clamp(-1.0, 1.0)
-        return to_image_space(x_out)
+        return purify(lambda x_t, t: self.guided(x_t, t, labels), x, self.draw_noise(x, noise_seeds),
+                      functools.partial(BACKENDS.get(self.config.backend), self),
+                      self.alpha_bar if self.config.forward_noise else None, self.config.clamp_output, callback)
 
     def solve_exact(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
                     callback: Optional[StepCallback] = None) -> torch.Tensor:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from score_sde.adapter import VPBackbone
-from score_sde.sde import VPSDE, _per_sample
+from diffusion.backbone import VPBackbone
+from diffusion.sde import VPSDE, _per_sample
 
 
 class GaussianBackbone(VPBackbone):

@@ -21,6 +21,17 @@ OFFICIAL_SOURCE = ("checkpoint_8.pth of vp/cifar10_ddpmpp_deep_continuous from t
                    "https://drive.google.com/drive/folders/1ZMLBiu9j7-rpdTQu8M2LlHAEQq4xRYrj)")
 _PREFIX = "module."
 _MISSING_HINT = f"download {OFFICIAL_SOURCE} and save it as {DEFAULT_CHECKPOINT} (or pass its path)"
+TRAIN_HINT = ("it is not the official CIFAR-10 model ({shape}): train it with python training/train_score_model.py "
+              "--config configs/train/score_fmnist.yml (adapted to these model options), or point backbone.checkpoint "
+              "at the file it was trained into")
+
+
+def missing_hint(config: NCSNppConfig) -> str:
+    """Where to get the checkpoint of this NCSN++: the official release for its config, else train one."""
+    if config == NCSNppConfig():
+        return _MISSING_HINT
+    return TRAIN_HINT.format(shape=f"{config.num_channels} channel(s), {config.image_size}x{config.image_size}, "
+                                   f"nf {config.nf}")
 
 
 def load_score_model(config: NCSNppConfig, checkpoint_path: str | Path) -> NCSNpp:
@@ -32,7 +43,7 @@ def load_score_model(config: NCSNppConfig, checkpoint_path: str | Path) -> NCSNp
     is ignored) or a plain state_dict, with or without the 'module.' prefix.
     """
     path = Path(checkpoint_path)
-    raw = read_checkpoint(path, _MISSING_HINT)
+    raw = read_checkpoint(path, missing_hint(config))
     with torch.device("meta"):
         model = NCSNpp(config)
     model = model.to_empty(device="cpu")

@@ -1,10 +1,13 @@
-"""Shared test setup: every test runs torch on one CPU thread (the machine's other cores stay free)."""
+"""Shared test setup: one CPU thread per test (the machine's other cores stay free) and the no-network fixture."""
 from __future__ import annotations
 
+import socket
 from typing import Iterator
 
 import pytest
 import torch
+
+from utils.compat import import_robustbench
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +17,17 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything opens a connection or calls robustbench's downloaders."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    robustbench = import_robustbench()
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("download_gdrive", "download_gdrive_new"):
+        monkeypatch.setattr(robustbench.utils, name, refuse)

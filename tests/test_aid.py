@@ -24,7 +24,7 @@ from utils.checkpoints import CheckpointError
 from utils.compat import import_robustbench
 from utils.config import ConfigError
 from utils.data import DataConfig, ImageSet
-from utils.experiment import load_experiment
+from evaluation.experiment import load_experiment
 
 EPS = 8.0 / 255.0
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import eval_sde_adv
 from utils.data import DataConfig, load_images, subset_indices
-from utils.experiment import load_experiment
+from evaluation.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = ROOT / "tests" / "data" / "ddpm_celebahq_tiny" / "attribute_classifier_tiny" / "net_best.pth"

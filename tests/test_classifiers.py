@@ -1,7 +1,6 @@
 """Classifier registry: offline RobustBench loading, DiffPure's WRN-70-16 layout, demo and tiny WRNs, clear errors."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,6 @@ from utils.compat import import_robustbench
 from utils.config import ConfigError, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail the test if anything opens a connection or calls robustbench's downloaders."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    robustbench = import_robustbench()
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    for name in ("download_gdrive", "download_gdrive_new"):
-        monkeypatch.setattr(robustbench.utils, name, refuse)
 
 
 def test_registry_names_and_unknown_name():

@@ -20,12 +20,12 @@ from classifiers.cohen import CifarResNet, read_cohen_checkpoint
 from classifiers.wide_resnet import Normalized
 from guided_diffusion import (ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR10_SCHEDULE, DiscreteSchedule,
                               GuidedDiffusionBackbone, UNetConfig, load_unet)
-from runners.certify import (ABSTAIN, SmoothingSpec, certify, lower_confidence_bound, predict,
+from certification.certify import (ABSTAIN, SmoothingSpec, certify, lower_confidence_bound, predict,
                              predict_from_counts, sample_counts, sample_seeds)
-from runners.certify_report import ResultRow, ResultsMismatch, ResultsTSV
+from certification.report import ResultRow, ResultsMismatch, ResultsTSV
 from runners.diffsmooth import DiffSmooth, noise_level, one_shot_denoise, schedule_of, smoothing_time
 from score_sde import NCSNpp, NCSNppConfig
-from score_sde.sde import VPSDE
+from diffusion.sde import VPSDE
 from tests.toys import TinyClassifier, gaussian_backbone
 from utils.config import from_dict
 from utils.data import DEBIAN_FASHION_MNIST, DataConfig, load_images
@@ -297,8 +297,6 @@ def test_imagenet_folder_is_read_lazily_resized_and_centre_cropped(tmp_path):
     from PIL import Image
     from torchvision import transforms
 
-    import utils.imagenet  # noqa: F401  (registers 'imagenet')
-
     for wnid in range(1000):
         (tmp_path / f"n{wnid:08d}").mkdir()
     pixels = np.random.RandomState(0).randint(0, 256, size=(300, 400, 3), dtype=np.uint8)
@@ -314,11 +312,12 @@ def test_imagenet_folder_is_read_lazily_resized_and_centre_cropped(tmp_path):
         load_images(DataConfig(name="imagenet", data_dir=str(tmp_path)))
 
 
-def test_dry_run_prints_the_resolved_config(tmp_path, caplog):
+def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "diffsmooth" / "cifar10.yml"
-    with caplog.at_level("INFO"):
-        assert certify_diffsmooth.main(["--config", str(config), "--sigma", "1.0", "--N", "100000", "--dry-run",
-                                        "--set", "smoothing.vote=hard"]) is None
-    resolved = yaml.safe_load(caplog.text.split("resolved config:\n", 1)[1].split("output ->")[0])
+    assert certify_diffsmooth.main(["--config", str(config), "--sigma", "1.0", "--N", "100000", "--dry-run",
+                                    "--set", "smoothing.vote=hard", "--set", "certify.N=100000"]) is None
+    printed = capsys.readouterr().out
+    resolved = yaml.safe_load(printed)
+    assert printed.endswith(f"# output folder: {(config.parent / resolved['run']['output_dir']).resolve()}\n")
     assert resolved["smoothing"]["sigma"] == 1.0 and resolved["certify"]["N"] == 100000
     assert resolved["smoothing"]["vote"] == "hard" and resolved["backbone"]["model"]["unet"]["num_heads"] == 4

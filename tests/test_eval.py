@@ -1,6 +1,7 @@
 """eval_sde_adv.py end to end on the tiny config: run scripts, resume after SIGKILL, torchrun shards, refusals."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ import yaml
 import eval_sde_adv
 from attacks.autoattack import AutoAttackEval
 from utils.data import load_images
-from utils.evaluate import Batch, make_models, pending_batches, plan_batches, reseed_unseeded_noise
-from utils.experiment import build_models, load_experiment
-from utils.results import ResultWriter, claim_run_dir, config_hash, read_records, run_name
+from evaluation.evaluate import Batch, make_models, pending_batches, plan_batches, reseed_unseeded_noise
+from evaluation.experiment import build_models, load_experiment
+from evaluation.results import ImageRecord, ResultWriter, claim_run_dir, config_hash, read_records, run_name
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
@@ -59,7 +60,7 @@ def lines_per_index(run_dir: Path) -> Counter:
 
 def outcomes(run_dir: Path) -> dict[int, dict]:
     """{index: record without its write time}: what must not depend on interruptions or sharding."""
-    return {i: {k: v for k, v in r.items() if k != "written_at"} for i, r in read_records(run_dir).items()}
+    return {i: dataclasses.replace(r, written_at=0) for i, r in read_records(run_dir).items()}
 
 
 def bare_classifier_hits(num_sub: int) -> list[bool]:
@@ -177,7 +178,8 @@ def test_results_dir_of_another_config_is_refused(tmp_path, caplog):
     args = ["--config", str(TINY), "--output_dir", str(tmp_path)]
     resolved = load_experiment(TINY, {"eval.output_dir": str(tmp_path)}).to_dict()
     other = load_experiment(TINY, {"data.num_sub": 3}).to_dict()
-    claim_run_dir(tmp_path / run_name(TINY, resolved, config_hash(resolved)), other, config_hash(other), write=True)
+    claim_run_dir(tmp_path / run_name(TINY, resolved, config_hash(resolved)), other, config_hash(other), TINY.parent,
+                  write=True)
     assert eval_sde_adv.main(args) == 2
     assert "holds results of another config" in caplog.text and "--output_dir" in caplog.text
 
@@ -186,8 +188,7 @@ def test_dry_run_prints_resolved_config_and_loads_nothing(tmp_path, monkeypatch,
     def forbidden(*args, **kwargs):
         raise AssertionError("--dry-run must not load data or models")
 
-    monkeypatch.setattr(eval_sde_adv, "build_models", forbidden)
-    monkeypatch.setattr(eval_sde_adv, "load_images", forbidden)
+    monkeypatch.setattr(eval_sde_adv, "load_prerequisites", forbidden)
     args = ["--config", str(TINY), "--dry-run", "--purifier", "reverse_only", "--t", "20", "--attack_version", "rand",
             "--lp_norm", "L2", "--set", "backbone.checkpoint=missing.pth", "--set", "eval.adv_batch_size=3",
             "--output_dir", str(tmp_path)]
@@ -236,15 +237,20 @@ def test_unseeded_purifier_noise_restarts_per_batch():
     assert not torch.equal(first, later) and torch.equal(first, again) and not torch.equal(first, other)
 
 
+def record(index: int, label: int) -> ImageRecord:
+    """A minimal result line of image `index` whose label tells the versions apart."""
+    return ImageRecord(index, 0, label, {}, {}, (0.0, 1.0), {})
+
+
 def test_torn_lines_are_cut_and_the_last_record_wins(tmp_path):
     path = tmp_path / "results.jsonl"
-    ResultWriter(path).append([{"index": 1, "v": "old"}, {"index": 2, "v": "old"}])
+    ResultWriter(path).append([record(1, 0), record(2, 0)])
     with path.open("a") as f:
-        f.write('{"index": 1, "v": "torn')
-    assert read_records(tmp_path)[1]["v"] == "old"
-    ResultWriter(path).append([{"index": 1, "v": "new"}])
+        f.write('{"index": 1, "label": 9, "torn')
+    assert read_records(tmp_path)[1].label == 0
+    ResultWriter(path).append([record(1, 5)])
     assert path.read_text().count("\n") == 3 and "torn" not in path.read_text()
-    assert {i: r["v"] for i, r in read_records(tmp_path).items()} == {1: "new", 2: "old"}
+    assert {i: r.label for i, r in read_records(tmp_path).items()} == {1: 5, 2: 0}
 
 
 def test_autoattack_budget_fields_reach_pyautoattack():
@@ -278,7 +284,7 @@ def test_examples_hold_clean_adversarial_and_purified_images(tmp_path):
 
 
 def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
-    from utils import report
+    from evaluation import report
 
     base = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path / "runs"),
             "--set", "eval.save_examples=1", "--num_sub", "2"]
@@ -286,13 +292,14 @@ def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
         assert eval_sde_adv.main([*base, "--purifier", purifier]) == 0
     capsys.readouterr()
     assert report.main(["--results", str(tmp_path / "runs"), "--config", str(TINY), "--out", str(tmp_path / "out"),
-                        "--title", "Budget line"]) == 0
+                        "--attack", "pgd_eot", "--num_sub", "2", "--title", "Budget line"]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "defense" not in line]
     assert printed.startswith("Budget line\n") and (tmp_path / "out" / "table.md").read_text() == printed
     assert [row.split(" |")[0] for row in rows] == ["| none (classifier only)", "| coup (t* 0.01, dt 0.005, lambda 1, "
                                                     "detached grads)"]
-    assert all(cell.count("[") == 1 for row in rows for cell in row.split(" | ")[1:])
+    assert all(row.split(" | ")[1] == "2" for row in rows)  # n per row
+    assert all(cell.count("[") == 1 for row in rows for cell in row.split(" | ")[2:])
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0
 
 
@@ -303,20 +310,20 @@ def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
     ("aid", {"def_step": 10, "eps": 8 / 255, "grad_mode": "exact"}, "aid (10 steps, eps 0.03137)"),
 ])
 def test_report_labels_each_purifier_kind_from_its_own_fields(name, purifier, label):
-    from utils import report
+    from evaluation import report
 
     assert report.defense_label({"purifier": name, "config": {"purifier": {"name": name, **purifier}}}) == label
 
 
 def test_all_attacks_counts_an_image_only_if_it_survives_every_attack():
-    from utils.summary import model_accuracy
+    from evaluation.summary import model_accuracy
 
-    def record(a: bool, b: bool) -> dict:
+    def outcome(a: bool, b: bool) -> ImageRecord:
         correct = {"pgd": {"single": a, "worst": a}, "joint": {"single": b, "worst": b and a}}
-        return {"clean": {"defended": {"correct": True}},
-                "attacks": {k: {"defended": {"correct": c}} for k, c in correct.items()}}
+        return ImageRecord(0, 0, 0, {}, {"defended": {"correct": True}}, (0.0, 1.0),
+                           {k: {"defended": {"correct": c}} for k, c in correct.items()})
 
-    records = [record(True, True), record(True, False), record(False, True), record(True, True)]
+    records = [outcome(True, True), outcome(True, False), outcome(False, True), outcome(True, True)]
     table = model_accuracy(records, "defended", ["pgd", "joint"])
     assert table["attacks"]["pgd"]["single"]["correct"] == 3 and table["attacks"]["joint"]["single"]["correct"] == 3
     assert {rule: e["correct"] for rule, e in table["all_attacks"].items()} == {"single": 2, "worst": 2}

@@ -17,7 +17,7 @@ from experiments import confidence_path, purified_images, salt_pepper, speed, sw
 from experiments.image_setup import add_model_arguments, defense_seeds, load_setup
 from experiments.salt_pepper import salt_and_pepper
 from experiments.toy_mixture import MixtureBackbone, NOISE_MODELS, ToySetting, flip_mask, purify_toy
-from score_sde.sde import VPSDE
+from diffusion.sde import VPSDE
 from utils.images import to_image_space
 
 

@@ -14,7 +14,7 @@ from guided_diffusion import (ADM_IMAGENET256_SCHEDULE, ADM_IMAGENET256_UNCOND, 
                               IMPROVED_CIFAR10_UNCOND, CheckpointError, DiscreteSchedule, GuidedDiffusionBackbone,
                               GuidedDiffusionConfig, UNetConfig, UNetModel, alpha_bar_to_timestep, cosine_betas,
                               linear_betas, load_unet, sigma_to_timestep)
-from score_sde.sde import VPSDE, std_to_time
+from diffusion.sde import VPSDE, std_to_time
 from utils.config import ConfigError, from_dict
 
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_sde import (CheckpointError, NCSNpp, NCSNppConfig, ScoreSDEBackbone, VPSDE, load_score_model,
-                       save_score_checkpoint)
+from diffusion.sde import VPSDE
+from score_sde import CheckpointError, NCSNpp, NCSNppConfig, ScoreSDEBackbone, load_score_model, save_score_checkpoint
 from score_sde import checkpoint as checkpoint_module
 from score_sde import fir
 from utils.config import ConfigError, from_dict

@@ -8,7 +8,6 @@ import torch
 
 import eval_sde_adv
 from classifiers import ClassifierConfig, build_classifier
-from tests.test_classifiers import no_network  # noqa: F401  (fixture: any connection or download fails the test)
 from utils.checkpoints import CheckpointError
 from utils.compat import import_robustbench
 from utils.config import ConfigError, from_dict

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from score_sde.sde import DiscreteDDPMSchedule, VPSDE, std_to_time
+from diffusion.sde import DiscreteDDPMSchedule, VPSDE, std_to_time
 
 
 @pytest.mark.parametrize("t_end", [0.1, 0.5, 1.0])

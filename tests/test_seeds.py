@@ -38,3 +38,22 @@ def test_derive_seeds_broadcasts_keys_and_stays_in_range():
     many = derive_seeds(0, torch.arange(10_000))
     assert int(many.min()) >= 0 and int(many.max()) < 2**SEED_BITS and many.unique().numel() == 10_000
     assert derive_seeds(1, 2, 3) != derive_seeds(1, 3, 2)  # the order of the keys matters
+
+
+def test_seed_stages_are_one_enum_whose_values_never_change():
+    from utils.seeds import SeedStage
+
+    assert {stage.name: int(stage) for stage in SeedStage} == {
+        "ATTACK_START": 0, "ATTACK_STEP": 1, "SCORE": 2, "DEFENSE": 7, "CORRUPTION": 11, "CLEAN_NOISE": 1000,
+        "ATTACK_RUN": 1001}
+    assert torch.equal(derive_seeds(3, torch.arange(4), SeedStage.SCORE), derive_seeds(3, torch.arange(4), 2))
+
+
+def test_per_row_draws_depend_on_the_row_seed_only():
+    from utils.seeds import per_row
+
+    seeds = derive_seeds(0, torch.arange(5))
+    whole = per_row(seeds, lambda gen: torch.randn(3, generator=gen))
+    assert whole.shape == (5, 3)
+    assert torch.equal(per_row(seeds[2:4], lambda gen: torch.randn(3, generator=gen)), whole[2:4])
+    assert not torch.equal(whole[0], whole[1])

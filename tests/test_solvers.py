@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from runners.solvers import TimeGrid, solve_exact, solve_torchsde
+from runners.solvers import TimeGrid, solve_exact
+from runners.torchsde_backend import solve_torchsde
 from tests.toys import gaussian_backbone
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_sde import NCSNppConfig, ScoreSDEBackbone, VPSDE, load_score_model
+from diffusion.sde import VPSDE
+from score_sde import NCSNppConfig, ScoreSDEBackbone, load_score_model
 from training.train_score_model import ScoreTrainConfig, ScoreTrainingFile, ema_decay, held_out_loss, train, write_card
 from utils.data import DEBIAN_FASHION_MNIST, DataConfig, load_images
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from score_sde.analytic import GaussianBackbone
-from score_sde.sde import VPSDE
+from diffusion.sde import VPSDE
 
 
 class TinyClassifier(nn.Module):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -12,14 +12,14 @@ import torch
 import yaml
 
 from classifiers.registry import resolve_path
+from utils.cli import add_spine, apply_overrides, command_overrides, dry_run_text, run_main, setup_logging
 from utils.config import from_dict, read_yaml, to_dict
+from utils.files import atomic_write_text
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    """Write text to a temporary file next to path, then rename over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text to path atomically (utils.files)."""
+    atomic_write_text(path, text)
 
 
 def card_tail(config: Any, config_path: Path, command: str, seconds: float) -> list[str]:
@@ -39,19 +39,20 @@ def card_tail(config: Any, config_path: Path, command: str, seconds: float) -> l
 
 
 def config_main(description: str, config_type: type, run: Callable[[Any, Path], Any], log: logging.Logger,
-                argv: Optional[Sequence[str]] = None) -> None:
-    """`--config FILE [--dry-run]`: read FILE into config_type, then run(config, FILE), or with --dry-run only log
-    the resolved config and where its `output` and `checkpoint` paths point."""
+                argv: Optional[Sequence[str]] = None) -> int:
+    """`--config FILE [--set KEY=VALUE] [--dry-run]` (utils.cli): read FILE into config_type, then run(config, FILE);
+    --dry-run prints the resolved config and where the weights go. Returns the exit code (2: user error)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=Path, required=True, help="YAML training config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_spine(parser, "YAML training config")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = from_dict(config_type, read_yaml(args.config), str(args.config))
-    if args.dry_run:
-        base = args.config.parent
-        log.info("resolved config:\n%s\nweights -> %s\ncheckpoint -> %s",
-                 yaml.safe_dump(to_dict(config), sort_keys=False), resolve_path(config.output, base).resolve(),
-                 resolve_path(config.checkpoint, base).resolve())
-        return
-    run(config, args.config)
+    setup_logging()
+
+    def main() -> None:
+        raw = apply_overrides(read_yaml(args.config), command_overrides(args, {}))
+        config = from_dict(config_type, raw, str(args.config))
+        if args.dry_run:
+            sys.stdout.write(dry_run_text(to_dict(config), resolve_path(config.output, args.config.parent).resolve()))
+            return
+        run(config, args.config)
+
+    return run_main(main, log)

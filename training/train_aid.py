@@ -10,6 +10,7 @@ weights (an AIDHead state_dict) atomically and a model card next to them.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,10 +233,10 @@ def run_training(config: TrainAIDConfig, config_path: Path) -> dict[str, float]:
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
-    config_main(__doc__.splitlines()[0], TrainAIDConfig, run_training, log, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: the exit code."""
+    return config_main(__doc__.splitlines()[0], TrainAIDConfig, run_training, log, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ the final state_dict and a model card next to it atomically.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +185,10 @@ def run_training(config: TrainConfig, config_path: Path) -> float:
     return accuracy
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
-    config_main(__doc__.splitlines()[0], TrainConfig, run_training, log, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: the exit code."""
+    return config_main(__doc__.splitlines()[0], TrainConfig, run_training, log, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,8 +19,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from score_sde import NCSNpp, NCSNppConfig, ScoreSDEBackbone, VPSDE, save_score_checkpoint  # noqa: E402
+from diffusion.sde import VPSDE  # noqa: E402
+from score_sde import NCSNpp, NCSNppConfig, ScoreSDEBackbone, save_score_checkpoint  # noqa: E402
 from training.common import write_text_atomic  # noqa: E402
+from utils.cli import add_spine, apply_overrides, command_overrides, dry_run_text, run_main, setup_logging  # noqa: E402
 from utils.config import from_dict, read_yaml, require, to_dict  # noqa: E402
 from utils.data import DataConfig, load_images  # noqa: E402
 from utils.images import to_diffusion_space  # noqa: E402
@@ -173,23 +175,32 @@ def finish(cfg: ScoreTrainingFile, base_dir: Path, net: NCSNpp, ema: list[torch.
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the NCSN++ score model (VP-SDE DSM loss).")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--steps", type=int, help="override train.steps")
-    parser.add_argument("--threads", type=int, help="override train.num_threads")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    raw = read_yaml(args.config)
-    if args.steps is not None:
-        raw.setdefault("train", {})["steps"] = args.steps
-    if args.threads is not None:
-        raw.setdefault("train", {})["num_threads"] = args.threads
+KEY_OPTIONS = {"steps": "train.steps", "threads": "train.num_threads"}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train as the command line says; --dry-run prints the resolved config and where the checkpoint goes."""
+    raw = apply_overrides(read_yaml(args.config), command_overrides(args, KEY_OPTIONS))
     cfg = from_dict(ScoreTrainingFile, raw, str(args.config))
-    result = train(cfg, args.config.resolve().parent)
-    write_card(cfg, args.config.resolve().parent, args.config, result)
+    base_dir = args.config.resolve().parent
+    if args.dry_run:
+        sys.stdout.write(dry_run_text(to_dict(cfg), base_dir))
+        return
+    result = train(cfg, base_dir)
+    write_card(cfg, base_dir, args.config, result)
     logger.info("held-out DSM loss %.5f after %d steps", result["heldout_dsm_loss_ema"], result["steps"])
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command-line entry point: the exit code (2 and one line on a user error)."""
+    parser = argparse.ArgumentParser(description="Train the NCSN++ score model (VP-SDE DSM loss).")
+    add_spine(parser, "YAML training config (configs/train/score_fmnist.yml)")
+    parser.add_argument("--steps", type=int, help="sets train.steps")
+    parser.add_argument("--threads", type=int, help="sets train.num_threads")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_main(lambda: run(args), logger)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

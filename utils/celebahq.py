@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data import DATASETS, DataConfig
+from utils.data import DataConfig
 from utils.imagenet import ImageFolderImages
 
 CELEBAHQ_ATTRIBUTES = ("Eyeglasses", "Smiling")  # the attributes DiffPure evaluates (CelebA column names)
@@ -71,10 +71,11 @@ def celebahq(config: DataConfig, root: Path, attribute: str) -> tuple[ImageFolde
     return ImageFolderImages(picked, CELEBAHQ_SIZE), np.array([y for _, y in picked], dtype=np.int64)
 
 
-def _register(attribute: str) -> None:
-    """Register 'celebahq-<attribute>'."""
-    DATASETS.register(f"celebahq-{attribute}")(lambda config, root: celebahq(config, root, attribute))
+def celebahq_eyeglasses(config: DataConfig, root: Path) -> tuple[ImageFolderImages, np.ndarray]:
+    """Dataset 'celebahq-Eyeglasses'."""
+    return celebahq(config, root, "Eyeglasses")
 
 
-for _attribute in CELEBAHQ_ATTRIBUTES:
-    _register(_attribute)
+def celebahq_smiling(config: DataConfig, root: Path) -> tuple[ImageFolderImages, np.ndarray]:
+    """Dataset 'celebahq-Smiling'."""
+    return celebahq(config, root, "Smiling")

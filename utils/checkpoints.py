@@ -2,14 +2,14 @@
 atomic writes."""
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from utils.files import atomic_write
 
 _SHOWN = 5
 # weights-only refusals of a callable or class (code on load), as opposed to a garbled byte stream
@@ -88,17 +88,7 @@ def truncate(items: list[str]) -> str:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename: nothing is ever half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _refusal_reason(err: BaseException) -> str:

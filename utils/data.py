@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import require
-from utils.registry import Registry
+from utils.registry import Lazy, Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -147,7 +147,12 @@ def _cifar_how(folder: str) -> str:
             f"or put torchvision's {folder} folder in data_dir")
 
 
-DATASETS: Registry[tuple[np.ndarray, np.ndarray]] = Registry("dataset")
+DATASETS: Registry[tuple[np.ndarray, np.ndarray]] = Registry("dataset", {
+    "imagenet": Lazy("utils.imagenet", "imagenet_224"),
+    "imagenet-256": Lazy("utils.imagenet", "imagenet_256"),
+    "celebahq-Eyeglasses": Lazy("utils.celebahq", "celebahq_eyeglasses"),
+    "celebahq-Smiling": Lazy("utils.celebahq", "celebahq_smiling"),
+})
 
 
 @DATASETS.register("cifar10")

@@ -1,4 +1,4 @@
-"""ImageNet validation images from an ImageFolder, registered into utils.data.DATASETS ('imagenet', 'imagenet-256').
+"""ImageNet validation images from an ImageFolder, listed in utils.data.DATASETS ('imagenet', 'imagenet-256').
 
 data_dir is the val split laid out as an ImageFolder (one folder per WordNet id, e.g. n01440764/, as produced by
 the usual valprep.sh), so torchvision's sorted class order gives the standard 0..999 labels. Images are decoded
@@ -7,13 +7,14 @@ lazily: only the subset that load_images selects (RandomState(data_seed) as for 
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from utils.config import require
-from utils.data import DATASETS, DataConfig
+from utils.data import DataConfig
 
 IMAGENET_CLASSES = 1000
 RESIZE = 256
@@ -68,5 +69,5 @@ def imagenet_val(config: DataConfig, root: Path, crop: int) -> tuple[ImageFolder
     return ImageFolderImages(samples, crop), np.array([label for _, label in samples], dtype=np.int64)
 
 
-DATASETS.register("imagenet")(lambda config, root: imagenet_val(config, root, crop=224))
-DATASETS.register("imagenet-256")(lambda config, root: imagenet_val(config, root, crop=256))
+imagenet_224 = functools.partial(imagenet_val, crop=224)
+imagenet_256 = functools.partial(imagenet_val, crop=256)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def to_diffusion_space(x01: torch.Tensor) -> torch.Tensor:
@@ -22,6 +23,8 @@ def check_images(x: torch.Tensor, channels: int | None = None) -> None:
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got shape {tuple(x.shape)}; "
                          "add a batch dimension with x.unsqueeze(0)")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"expected a non-empty batch of images, got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"expected {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     x = x.detach()
@@ -31,3 +34,12 @@ def check_images(x: torch.Tensor, channels: int | None = None) -> None:
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"images must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
                          "undo any normalisation before the defense")
+
+
+def check_dtype(x: torch.Tensor, model: nn.Module) -> None:
+    """Raise a one-line ValueError unless x has the floating dtype of model's weights (e.g. float64 x, float32 model)."""
+    weights = (w for w in (*model.parameters(), *model.buffers()) if w.is_floating_point())
+    dtype = next(weights, x).dtype
+    if x.dtype != dtype:
+        raise ValueError(f"images are {x.dtype} but the model's weights are {dtype}; "
+                         f"convert the images with x.to({dtype}) (or the model with .to({x.dtype}))")

@@ -1,6 +1,7 @@
 """What produced a result: installed package versions, the git commit, the command line and the start time."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -44,6 +45,20 @@ def git_hash(repo_dir: Path = REPO_DIR) -> str:
     if head is None or status is None:
         return "unknown"
     return head + ("+dirty" if status else "")
+
+
+def source_files(repo_dir: Path = REPO_DIR) -> list[Path]:
+    """The project's Python sources: top-level scripts and every package folder (with __init__.py) but tests/."""
+    packages = [p for p in sorted(repo_dir.iterdir()) if (p / "__init__.py").is_file() and p.name != "tests"]
+    return sorted([*repo_dir.glob("*.py"), *(f for p in packages for f in p.rglob("*.py"))])
+
+
+def code_version(repo_dir: Path = REPO_DIR) -> str:
+    """sha256 over the project's sources (relative path and bytes): changes with any code change, git or not."""
+    digest = hashlib.sha256()
+    for path in source_files(repo_dir):
+        digest.update(str(path.relative_to(repo_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def provenance(repo_dir: Path = REPO_DIR, argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

@@ -5,11 +5,28 @@ batching or on which other images run, and different stages never share a noise 
 """
 from __future__ import annotations
 
+import enum
+from typing import Callable
+
 import numpy as np
 import torch
 
 SEED_BITS = 62  # derived seeds lie in [0, 2^62): non-negative int64, accepted by torch.Generator.manual_seed
 _MASK64 = (1 << 64) - 1
+ATTACK_SEED_BITS = 31  # an attack's run seed is < 2^31, accepted by every library's seeding
+
+
+@enum.unique
+class SeedStage(enum.IntEnum):
+    """The stage tag mixed into a derived seed, so two stages never share a noise stream (values never change)."""
+
+    ATTACK_START = 0  # PGD random start: (attack seed, index, stage)
+    ATTACK_STEP = 1  # purification noise of an attack's EOT samples: (attack seed, index, stage, step, sample)
+    SCORE = 2  # purification noise when scoring x_adv: (attack seed, index, stage, 0, sample)
+    DEFENSE = 7  # experiments' defense noise: (seed, index, stage, key)
+    CORRUPTION = 11  # salt-and-pepper corruption fields: (seed, index, stage)
+    CLEAN_NOISE = 1000  # purification noise of the clean forward: (eval seed, index, stage)
+    ATTACK_RUN = 1001  # an evaluation's attack seed: (eval seed, stage); the same for every batch
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -34,3 +51,12 @@ def derive_seeds(base_seed: int, *keys: torch.Tensor | int) -> torch.Tensor:
         for part in parts:
             mixed = _splitmix64(mixed ^ part)
     return torch.from_numpy(np.asarray(mixed >> np.uint64(64 - SEED_BITS)).astype(np.int64))
+
+
+def per_row(seeds: torch.Tensor, draw: Callable[[torch.Generator], torch.Tensor],
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stack draw(generator_b) over rows, generator_b a CPU torch.Generator seeded with seeds[b] only: (B, ...).
+
+    Row b depends on seeds[b] alone, so a batch's noise never depends on the batch size or the other rows.
+    """
+    return torch.stack([draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]).to(device)

@@ -11,5 +11,5 @@ if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 OUT=${OUT:-results/aid_fmnist}
 "$PYTHON" -m training.train_aid --config configs/train/aid_fmnist.yml
 "$PYTHON" eval_sde_adv.py --config configs/aid_fmnist.yml --output_dir "$OUT" "$@" > /dev/null
-"$PYTHON" -m utils.report --results "$OUT" --config configs/aid_fmnist.yml --out "$OUT" \
+"$PYTHON" -m evaluation.report --results "$OUT" --config configs/aid_fmnist.yml --out "$OUT" \
   --title "AID-Purifier (10 steps, eps 8/255) on the demo classifier; attacks from configs/aid_fmnist.yml."

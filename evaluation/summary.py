@@ -7,26 +7,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.evaluate import attack_keys
-from utils.experiment import AttackSpec, Experiment
+from evaluation.evaluate import attack_keys
+from evaluation.experiment import AttackSpec, Experiment
+from evaluation.results import ImageRecord
+from utils.files import atomic_write_text
 from utils.precision import describe_numerics, precision_flags
 from utils.provenance import git_hash, package_versions
 from utils.stats import wilson_interval
 
 MODELS = ("defended", "classifier")
 ALL_ATTACKS = "all attacks"  # the per-image worst case over a run's attacks, listed after them
-SEED_DERIVATION = ("batch b attacks with seed hash(eval, b) and restarts the purifier's unseeded noise from it; "
-                   "image i's clean forward uses noise seed hash(eval, i); both are in every result line")
+SEED_DERIVATION = ("every batch attacks with seed hash(eval, ATTACK_RUN), and the attacks draw image i's noise from "
+                   "hash(seed, i, stage); image i's clean forward uses noise seed hash(eval, i, CLEAN_NOISE); both "
+                   "are in every result line, so a record depends on neither batch size nor sharding")
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Where the records come from: run name, config file and hash, batch seeds, number of processes."""
+    """Where the records come from: run name, config file and hash, the attack seed, number of processes."""
 
     name: str
     config_file: str
     config_hash: str
-    batch_seeds: dict[int, int]
+    attack_seed: int
     world_size: int
 
 
@@ -37,23 +40,23 @@ def accuracy(hits: list[bool]) -> dict[str, Any]:
     return {"accuracy": correct / n, "correct": correct, "n": n, "ci95": [low, high]}
 
 
-def model_accuracy(records: list[dict[str, Any]], model: str, keys: list[str]) -> dict[str, Any]:
+def model_accuracy(records: list[ImageRecord], model: str, keys: list[str]) -> dict[str, Any]:
     """{'clean': entry, 'attacks': {key: {rule: entry}}} for one model over the records."""
     attacks = {}
     for key in keys:
-        rules = records[0]["attacks"][key][model]["correct"]
-        attacks[key] = {rule: accuracy([r["attacks"][key][model]["correct"][rule] for r in records]) for rule in rules}
-    table = {"clean": accuracy([r["clean"][model]["correct"] for r in records]), "attacks": attacks}
+        rules = records[0].attacks[key][model]["correct"]
+        attacks[key] = {rule: accuracy([r.attacks[key][model]["correct"][rule] for r in records]) for rule in rules}
+    table = {"clean": accuracy([r.clean[model]["correct"] for r in records]), "attacks": attacks}
     if len(keys) > 1:
         table["all_attacks"] = worst_over_attacks(records, model, keys)
     return table
 
 
-def worst_over_attacks(records: list[dict[str, Any]], model: str, keys: list[str]) -> dict[str, Any]:
+def worst_over_attacks(records: list[ImageRecord], model: str, keys: list[str]) -> dict[str, Any]:
     """{rule: entry}: an image counts as robust only if it survives every attack (per-image worst case)."""
-    rules = [rule for rule in records[0]["attacks"][keys[0]][model]["correct"]
-             if all(rule in records[0]["attacks"][key][model]["correct"] for key in keys)]
-    return {rule: accuracy([all(r["attacks"][key][model]["correct"][rule] for key in keys) for r in records])
+    rules = [rule for rule in records[0].attacks[keys[0]][model]["correct"]
+             if all(rule in records[0].attacks[key][model]["correct"] for key in keys)]
+    return {rule: accuracy([all(r.attacks[key][model]["correct"][rule] for key in keys) for r in records])
             for rule in rules}
 
 
@@ -62,20 +65,20 @@ def attack_groups(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {**table["attacks"], **({ALL_ATTACKS: table["all_attacks"]} if "all_attacks" in table else {})}
 
 
-def check_flags(records: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, list[str]]]:
+def check_flags(records: list[ImageRecord], keys: list[str]) -> dict[str, dict[str, list[str]]]:
     """{attack key: {check name: distinct warning messages over all batches}}; an empty list means passed."""
     flags: dict[str, dict[str, set[str]]] = {key: {} for key in keys}
     for record in records:
         for key in keys:
-            for check, message in record["attacks"][key]["flags"].items():
+            for check, message in record.attacks[key]["flags"].items():
                 flags[key].setdefault(check, set()).update([message] if message else [])
     return {key: {check: sorted(messages) for check, messages in checks.items()} for key, checks in flags.items()}
 
 
-def purified_range(records: list[dict[str, Any]]) -> dict[str, Any]:
+def purified_range(records: list[ImageRecord]) -> dict[str, Any]:
     """Min and max of the purified clean images, and whether they left [0, 1] (DiffPure's unclamped output)."""
-    low = min(r["purified_range"][0] for r in records)
-    high = max(r["purified_range"][1] for r in records)
+    low = min(r.purified_range[0] for r in records)
+    high = max(r.purified_range[1] for r in records)
     return {"min": low, "max": high, "left_unit_interval": low < 0.0 or high > 1.0}
 
 
@@ -91,7 +94,7 @@ def describe_attack(spec: AttackSpec) -> str:
     return f"{spec.name} ({', '.join(d for d in details if d)})"
 
 
-def build_summary(experiment: Experiment, records: list[dict[str, Any]], info: RunInfo) -> dict[str, Any]:
+def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo) -> dict[str, Any]:
     """Everything summary.json holds, from the ordered per-image records of the whole subset."""
     resolved = experiment.to_dict()
     keys = attack_keys(experiment.attacks)
@@ -102,12 +105,12 @@ def build_summary(experiment: Experiment, records: list[dict[str, Any]], info: R
         "purifier": purifier["name"], "grad_mode": purifier.get("grad_mode"), "backend": purifier.get("backend"),
         "attacks": {key: describe_attack(spec) for key, spec in zip(keys, experiment.attacks)},
         "accuracy": {model: model_accuracy(records, model, keys) for model in models},
-        "classifier_clean": accuracy([r["clean"]["classifier"]["correct"] for r in records]),
+        "classifier_clean": accuracy([r.clean["classifier"]["correct"] for r in records]),
         "autoattack_checks": check_flags(records, keys),
         "purified_range": purified_range(records),
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
-                  "batches": {str(b): s for b, s in sorted(info.batch_seeds.items())}},
+                  "attack": info.attack_seed},
         "processes": info.world_size,
         "packages": package_versions(), "git": git_hash(), "numerics": precision_flags(),
         "config": resolved,
@@ -137,6 +140,17 @@ def flag_lines(summary: dict[str, Any]) -> list[str]:
     return raised or ["- all checks passed"]
 
 
+# the purifier fields that define a method's result, in the order summary.md names them
+SETTING_NAMES = (("t_star", "t*"), ("guidance_scale", "lambda"), ("dt", "dt"), ("forward_noise", "forward noise"),
+                 ("def_step", "steps"), ("eps", "eps"))
+
+
+def purifier_settings(purifier: dict[str, Any]) -> str:
+    """'t* 0.1, lambda 1, dt 0.01, forward noise False' from a resolved purifier config (fields it has)."""
+    return ", ".join(f"{label} {purifier[key]:g}" if isinstance(purifier[key], float) else f"{label} {purifier[key]}"
+                     for key, label in SETTING_NAMES if key in purifier) or "none"
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """summary.md: the accuracy table, then attacks, checks, purified range, seeds and versions."""
     seeds, span = summary["seeds"], summary["purified_range"]
@@ -144,6 +158,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"Config `{summary['config_file']}` (hash {summary['config_hash'][:12]}), purifier "
              f"**{summary['purifier']}**, grad_mode {summary['grad_mode']}, backend {summary['backend']}, "
              f"n = {summary['n']} images.", "",
+             f"Purifier settings: {purifier_settings(summary['config']['purifier'])}.", "",
              "| model | attack | rule | accuracy (%) | 95 % CI (%) | correct / n |",
              "|---|---|---|---:|---|---:|", *accuracy_rows(summary), "",
              "Attacks:", *(f"- {key}: {text}" for key, text in summary["attacks"].items()),
@@ -156,6 +171,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"Seeds: eval {seeds['eval']}, data {seeds['data']}, classifier init {seeds['classifier_init']}; "
              "batch seeds in summary.json.",
              f"Numerics: {describe_numerics(summary['numerics'])}.",
+             f"attack seed {seeds['attack']} for every batch.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["packages"].items()) + f"; git {summary['git']}."]
     return "\n".join(lines) + "\n"
 
@@ -163,6 +179,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> str:
     """Write summary.json and summary.md into run_dir; returns the Markdown."""
     markdown = render_markdown(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run_dir / "summary.md").write_text(markdown)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "summary.md", markdown)
     return markdown

@@ -1,23 +1,23 @@
 """An experiment: the YAML file read into typed, validated sections, and the defended model built from it."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
+import torch
 import yaml
 from torch import nn
 
 from attacks.registry import attack_config
 from classifiers import ClassifierConfig, build_classifier
 from runners.backbones import BackboneConfig, build_backbone, parse_backbone_model
-from runners.defended import DefendedClassifier, PurifierContext, build_purifier, parse_purifier_config
-from utils.config import ConfigError, from_dict, read_yaml, require, to_dict
-from utils.data import DataConfig
+from runners.defended import (DefendedClassifier, PurifierContext, build_purifier, needs_backbone,
+                              parse_purifier_config)
+from utils.cli import apply_overrides, attempt, raise_problems
+from utils.config import from_dict, read_yaml, require, to_dict
+from utils.data import DataConfig, ImageSet, load_images
 from utils.precision import Precision
-import utils.imagenet  # noqa: F401  (registers the 'imagenet' datasets)
-import utils.celebahq  # noqa: F401  (registers the CelebA-HQ attribute datasets)
 
 
 @dataclass(frozen=True)
@@ -82,26 +82,6 @@ class Experiment:
         return out
 
 
-def set_override(raw: Any, dotted: str, value: Any) -> None:
-    """Set raw['a']['b'] = value for 'a.b'; 'attacks.*.eps' sets it in every attack entry, 'attacks.0.eps' in one."""
-    head, _, rest = dotted.partition(".")
-    if head == "*":
-        require(isinstance(raw, list) and bool(rest), f"override {dotted}: '*' must stand for a list's entries")
-        for entry in raw:
-            set_override(entry, rest, value)
-        return
-    if isinstance(raw, list):
-        require(head.isdigit() and int(head) < len(raw) and bool(rest),
-                f"override {dotted}: '{head}' must be an entry number below {len(raw)} followed by a key")
-        set_override(raw[int(head)], rest, value)
-        return
-    require(isinstance(raw, dict), f"override {dotted}: '{head}' is not inside a section")
-    if rest:
-        set_override(raw.setdefault(head, {}), rest, value)
-    else:
-        raw[head] = value
-
-
 def parse_experiment(raw: dict[str, Any], base_dir: Path, where: str = "config") -> Experiment:
     """Validate a raw mapping into an Experiment (every section typed, unknown keys rejected)."""
     file = from_dict(ExperimentFile, raw, where)
@@ -122,24 +102,55 @@ def parse_experiment(raw: dict[str, Any], base_dir: Path, where: str = "config")
 def load_experiment(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> Experiment:
     """Read the YAML at `path`, apply dotted overrides, validate; paths resolve against its folder."""
     path = Path(path)
-    raw = copy.deepcopy(read_yaml(path))
-    for dotted, value in (overrides or {}).items():
-        set_override(raw, dotted, value)
+    raw = apply_overrides(read_yaml(path), overrides or {})
     return parse_experiment(raw, path.resolve().parent, str(path))
 
 
-def build_models(experiment: Experiment) -> tuple[DefendedClassifier, nn.Module]:
-    """(defended model, bare classifier), networks frozen and in eval mode."""
+def collect_models(experiment: Experiment, problems: list[str]) -> Optional[tuple[DefendedClassifier, nn.Module]]:
+    """(defended model, bare classifier) frozen in eval mode, or None; every failing part is added to problems."""
     file, base = experiment.file, experiment.base_dir
-    classifier = build_classifier(file.classifier, base)
-    guidance = build_classifier(file.guidance_classifier, base) if file.guidance_classifier else None
+    classifier = attempt("classifier", lambda: build_classifier(file.classifier, base), problems)
+    guidance = (attempt("guidance_classifier", lambda: build_classifier(file.guidance_classifier, base), problems)
+                if file.guidance_classifier else None)
+    backbone = None
+    if needs_backbone(experiment.purifier):
+        if file.backbone is None:
+            problems.append(f"purifier '{experiment.purifier.name}' needs a backbone section")
+        else:
+            backbone = attempt("backbone", lambda: build_backbone(file.backbone, base), problems)
+    if classifier is None or (needs_backbone(experiment.purifier) and backbone is None):
+        return None
+    context = PurifierContext(lambda: backbone, classifier, guidance, base)
+    purifier = attempt("purifier", lambda: build_purifier(experiment.purifier, context), problems)
+    return None if purifier is None else (DefendedClassifier(purifier, classifier).eval(), classifier)
 
-    def backbone():
-        require(file.backbone is not None, f"purifier '{experiment.purifier.name}' needs a backbone section")
-        return build_backbone(file.backbone, base)
 
-    purifier = build_purifier(experiment.purifier, PurifierContext(backbone, classifier, guidance, base))
-    return DefendedClassifier(purifier, classifier).eval(), classifier
+def build_models(experiment: Experiment) -> tuple[DefendedClassifier, nn.Module]:
+    """(defended model, bare classifier), networks frozen and in eval mode; all missing parts named at once."""
+    problems: list[str] = []
+    models = collect_models(experiment, problems)
+    raise_problems(problems)
+    return models
+
+
+@torch.no_grad()
+def check_labels(classifier: nn.Module, images: ImageSet) -> None:
+    """Raise ConfigError unless every label lies in [0, number of classes of classifier) (one forward of x[:1])."""
+    num_classes = int(classifier(images.x[:1]).shape[-1])
+    bad = sorted({int(y) for y in images.y.tolist() if not 0 <= int(y) < num_classes})
+    require(not bad, f"data labels {bad[:5]} lie outside the classifier's {num_classes} classes; "
+            "check that data and classifier belong to the same dataset")
+
+
+def load_prerequisites(experiment: Experiment) -> tuple[ImageSet, DefendedClassifier, nn.Module]:
+    """(images, defended model, bare classifier), all checked before any output exists; every problem named at once."""
+    problems: list[str] = []
+    images = attempt("data", lambda: load_images(experiment.file.data, experiment.base_dir), problems)
+    models = collect_models(experiment, problems)
+    if images is not None and models is not None:
+        attempt("labels", lambda: check_labels(models[1], images), problems)
+    raise_problems(problems)
+    return images, *models
 
 
 def dump_yaml(experiment: Experiment) -> str:

@@ -1,16 +1,15 @@
 """Command-line edits of an experiment's raw YAML: the purifier switch, the attack selection, per-attack fields.
 
 Each function returns the dotted overrides (or section) it decides on, so the caller passes everything to
-utils.experiment.load_experiment and the resolved config says exactly what ran.
+evaluation.experiment.load_experiment and the resolved config says exactly what ran.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
-from typing import Any, Iterable
+from typing import Any
 
-import yaml
 
 from attacks.registry import ATTACKS
 from runners.defended import PURIFIERS
@@ -18,16 +17,6 @@ from runners.purifiers import PRESETS
 from utils.config import ConfigError, require
 
 log = logging.getLogger(__name__)
-
-
-def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
-    """{'a.b': value} from ['a.b=VALUE', ...]; each VALUE is parsed as YAML ('1' -> 1, '[1, 2]' -> list)."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        require(bool(sep) and bool(key.strip()), f"--set {item!r}: expected KEY=VALUE, e.g. --set purifier.dt=0.002")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _config_type(name: Any) -> type:

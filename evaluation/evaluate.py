@@ -1,8 +1,10 @@
 """One batch of the evaluation: clean predictions, every configured attack, and the per-image records.
 
-Batches are fixed slices of the subset order (so resuming and sharding never change a batch), batch b
-attacks with seed derive(eval.seed, b), and the clean forward of image i uses the noise seed
-derive(eval.seed, i): a batch's results depend only on the config and the batch number.
+Batches are fixed slices of the subset order (so resuming and sharding never change a batch). Every batch is
+attacked with the same run seed derive(eval.seed, ATTACK_RUN), from which the attacks derive each image's noise
+by (seed, dataset index, stage), and the clean forward of image i uses the noise seed derive(eval.seed, i,
+CLEAN_NOISE): an image's record depends on the config and its dataset index, not on the batch size or sharding
+(AutoAttack excepted: it draws its own noise per batch).
 """
 from __future__ import annotations
 
@@ -17,12 +19,10 @@ from attacks.registry import Attack, build_attack
 from runners.defended import DefendedClassifier
 from runners.noise import NoiseSource
 from runners.purifiers import IdentityPurifier
-from utils.experiment import AttackSpec, Experiment
-from utils.seeds import derive_seeds
+from evaluation.experiment import AttackSpec, Experiment
+from evaluation.results import ImageRecord
+from utils.seeds import ATTACK_SEED_BITS, SeedStage, derive_seeds
 
-# keys mixed into the derived seeds, distinct from the attacks' stage tags (attacks.common.STAGE_*)
-CLEAN_NOISE_KEY, BATCH_SEED_KEY = 1000, 1001
-SEED_BITS = 31  # batch seeds < 2^31, accepted by every library's seeding
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,14 @@ def pending_batches(batches: list[Batch], indices: list[int], done: set[int], ra
             and not all(i in done for i in indices[b.start:b.stop])]
 
 
-def batch_seed(seed: int, number: int) -> int:
-    """The attack seed of batch `number`: a hash of (eval.seed, number), < 2^31."""
-    return int(derive_seeds(seed, number, BATCH_SEED_KEY)) % (1 << SEED_BITS)
+def attack_seed(seed: int) -> int:
+    """The attack seed of every batch: a hash of (eval.seed, ATTACK_RUN), < 2^31 (never the batch number)."""
+    return int(derive_seeds(seed, SeedStage.ATTACK_RUN)) % (1 << ATTACK_SEED_BITS)
 
 
 def clean_noise_seeds(seed: int, indices: torch.Tensor) -> torch.Tensor:
     """(B,) purification noise seeds of the clean forward: a hash of (eval.seed, dataset index)."""
-    return derive_seeds(seed, indices, CLEAN_NOISE_KEY)
+    return derive_seeds(seed, indices, SeedStage.CLEAN_NOISE)
 
 
 def attack_key(spec: AttackSpec) -> str:
@@ -146,10 +146,10 @@ def run_attack(run: AttackRun, models: Models, x: torch.Tensor, y: torch.Tensor,
 
 def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                    batch: Batch, eval_seed: int, evaluate_classifier: bool
-                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, AttackOutput]]]:
+                   ) -> tuple[list[ImageRecord], dict[str, dict[str, AttackOutput]]]:
     """Records (one per image) of batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,),
     and the attack outputs by attack key and model."""
-    seed = batch_seed(eval_seed, batch.number)
+    seed = attack_seed(eval_seed)
     noise_seeds = clean_noise_seeds(eval_seed, indices)
     for model in (models.defended, models.classifier):
         reseed_unseeded_noise(model, seed)
@@ -172,19 +172,19 @@ def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: to
 
 
 def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                 clean: dict[str, torch.Tensor], results: dict[str, dict[str, AttackOutput]]) -> dict[str, Any]:
+                 clean: dict[str, torch.Tensor], results: dict[str, dict[str, AttackOutput]]) -> ImageRecord:
     """Image b's JSON record: index, label, seeds, clean predictions, purified range, per-attack scores and flags."""
     label = int(y[b])
     attacks = {}
     for key, outputs in results.items():
         attacks[key] = {model: _scores(output, b) for model, output in outputs.items()}
         attacks[key]["flags"] = outputs["defended"].flags
-    return {
-        "index": int(indices[b]), "batch": batch.number, "label": label,
-        "seeds": {"batch": seed, "clean_noise": int(noise_seeds[b])},
-        "clean": {model: {"prediction": int(clean[model][b]), "correct": int(clean[model][b]) == label}
-                  for model in ("defended", "classifier")},
-        "purified_range": [float(clean["min"][b]), float(clean["max"][b])],
-        "attacks": attacks,
-    }
+    return ImageRecord(
+        index=int(indices[b]), batch=batch.number, label=label,
+        seeds={"attack": seed, "clean_noise": int(noise_seeds[b])},
+        clean={model: {"prediction": int(clean[model][b]), "correct": int(clean[model][b]) == label}
+               for model in ("defended", "classifier")},
+        purified_range=(float(clean["min"][b]), float(clean["max"][b])),
+        attacks=attacks,
+    )
 

@@ -3,7 +3,6 @@ provenance, see utils.provenance), and the accuracy-vs-radius table and plot."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -14,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from utils.files import atomic_write, atomic_write_text, config_digest
 from utils.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 HEADER = ("idx", "label", "predict", "radius", "correct", "time")
 
 
-class ResultsMismatch(RuntimeError):
+class ResultsMismatch(ValueError):
     """An existing results file was written under a different resolved config."""
 
 
@@ -53,8 +53,8 @@ def elapsed_text(seconds: float) -> str:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over the canonical JSON of `config`."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """16 hex digits of the config hash (utils.files.config_digest)."""
+    return config_digest(config)[:16]
 
 
 class ResultsTSV:
@@ -87,19 +87,17 @@ class ResultsTSV:
             self.path.unlink(missing_ok=True)
             meta = {"config_hash": self.hash, "config": hashed_config, "runs": []}
         meta["runs"].append(run_info)
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        os.replace(tmp, self.sidecar)
+        atomic_write_text(self.sidecar, json.dumps(meta, indent=1, default=str) + "\n")
 
     def _read_rows(self) -> dict[int, ResultRow]:
         """Finished rows by index; writes the header to a new file and cuts a trailing partial line."""
         if not self.path.exists():
-            self.path.write_text("\t".join(HEADER) + "\n")
+            atomic_write_text(self.path, "\t".join(HEADER) + "\n")
             return {}
         text = self.path.read_text()
         if not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
-            self.path.write_text(text)
+            atomic_write_text(self.path, text)
         lines = text.splitlines()
         if not lines or tuple(lines[0].split("\t")) != HEADER:
             raise ResultsMismatch(f"{self.path} does not start with Cohen's header {' '.join(HEADER)}")
@@ -176,5 +174,5 @@ def plot_certified_accuracy(rows: Sequence[ResultRow], max_radius: float, label:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
     plt.close(fig)

@@ -1,0 +1,1 @@
+"""Certified robustness: randomized-smoothing certification (DiffSmooth) and its report."""
