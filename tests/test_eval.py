@@ -24,7 +24,7 @@ from utils.results import ResultWriter, claim_run_dir, config_hash, read_records
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
 SCRIPTS = REPO / "run_scripts" / "cifar10"
-# run script -> (purifier, attack key, AutoAttack version or None, norm); FAST: one per family, the rest are slow
+# run script -> (purifier, attack key, AutoAttack version or None, norm); every one runs in the default suite
 SCRIPT_CASES = {
     "run_cifar_stand_inf_guide.sh": ("coup", "autoattack", "standard", "Linf"),
     "run_cifar_rand_L2_revonly.sh": ("reverse_only", "autoattack", "rand", "L2"),
@@ -35,8 +35,6 @@ SCRIPT_CASES = {
        for m, p in (("guide", "coup"), ("revonly", "reverse_only"), ("diffpure", "diffpure"))
        for v, version in (("stand", "standard"), ("rand", "rand")) for n, norm in (("inf", "Linf"), ("L2", "L2"))},
 }
-FAST = ("run_cifar_stand_inf_guide.sh", "run_cifar_rand_L2_revonly.sh", "run_cifar_stand_L2_diffpure.sh",
-        "run_cifar_pgd_eot.sh", "run_cifar_bpda.sh")
 RESUME_ARGS = ["--config", str(TINY), "--num_sub", "6", "--attack", "autoattack"]  # 3 batches of 2
 
 
@@ -82,8 +80,7 @@ def reference(tmp_path_factory) -> Path:
     return run_dir_of(root)
 
 
-@pytest.mark.parametrize("script", [s if s in FAST else pytest.param(s, marks=pytest.mark.slow)
-                                    for s in SCRIPT_CASES])
+@pytest.mark.parametrize("script", sorted(SCRIPT_CASES))
 def test_run_script_end_to_end(script, tmp_path):
     purifier, key, version, norm = SCRIPT_CASES[script]
     bare = " --evaluate_classifier" if key == "pgd_eot" else ""
@@ -112,6 +109,10 @@ def test_run_script_end_to_end(script, tmp_path):
     assert span["left_unit_interval"] or purifier != "diffpure"  # DiffPure's output is not clamped
     assert "| defended | clean |" in (run_dir / "summary.md").read_text() and "| defended | clean |" in done.stdout
     assert summary["packages"]["torch"] == torch.__version__.split("+")[0]
+
+
+def test_every_cifar10_run_script_is_tested():
+    assert sorted(SCRIPT_CASES) == sorted(p.name for p in SCRIPTS.glob("*.sh"))
 
 
 def test_scripts_read_the_paper_config_and_pick_purifier_and_backend(tmp_path):
