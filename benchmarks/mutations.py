@@ -1,7 +1,7 @@
 """Mutation check: put each deliberate bug into a fresh copy of the repository and run the tests that should
 catch it; print which tests fail (kill) each mutation. Exit 1 if a mutation survives or does not apply.
 
-    python benchmarks/mutations.py [--only NAME ...] [--list]
+    python benchmarks/mutations.py [--only NAME ...] [--list] [--baseline]
 
 Each mutation is a text patch (old -> new, exactly once) of one named file. Not part of the test suite
 (it runs the relevant test files once per mutation: about 10 minutes on 2 CPU cores).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -82,10 +83,9 @@ MUTATIONS = (
 
 
 def mutated_copy(mutation: Mutation, workdir: Path) -> Path:
-    """A copy of the repository (sharing its .venv) with `mutation` applied; raises if `old` is not found once."""
+    """A copy of the repository (without its .venv) with `mutation` applied; raises if `old` is not found once."""
     copy = workdir / "repo"
     shutil.copytree(ROOT, copy, ignore=skip)
-    (copy / ".venv").symlink_to((ROOT / ".venv").resolve())
     target = copy / mutation.path
     text = target.read_text()
     if text.count(mutation.old) != 1:
@@ -95,11 +95,21 @@ def mutated_copy(mutation: Mutation, workdir: Path) -> Path:
 
 
 def failing_tests(copy: Path, tests: tuple[str, ...]) -> list[str]:
-    """Run pytest on `tests` in the mutated copy; the failed or erroring tests (file::name)."""
+    """Run pytest on `tests` in the mutated copy with this interpreter's environment (run scripts find its python
+    on PATH); the failed or erroring tests (file::name)."""
+    env = {**os.environ, "VENV": sys.prefix, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "run_tests.sh", "-q", "-rfE", "-p", "no:cacheprovider", *tests], cwd=copy,
-                          capture_output=True, text=True)
+                          env=env, capture_output=True, text=True)
     ids = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.MULTILINE)
     return sorted({re.sub(r"\[.*\]$", "", test_id) for test_id in ids})  # parametrised cases as one test
+
+
+def baseline_failures(mutations: list[Mutation]) -> list[str]:
+    """Tests that already fail on an unpatched copy (they would make every mutation look killed)."""
+    with tempfile.TemporaryDirectory(prefix="mutation_") as workdir:
+        copy = Path(workdir) / "repo"
+        shutil.copytree(ROOT, copy, ignore=skip)
+        return [t for tests in dict.fromkeys(m.tests for m in mutations) for t in failing_tests(copy, tests)]
 
 
 def check(mutation: Mutation) -> list[str]:
@@ -112,12 +122,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="substrings of the mutation names to run")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--baseline", action="store_true", help="first check that the unpatched code passes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     chosen = [m for m in MUTATIONS if args.only is None or any(s in m.name for s in args.only)]
     if args.list:
         log.info("\n".join(f"{m.name} ({m.path})" for m in chosen))
         return 0
+    if args.baseline and (broken := baseline_failures(chosen)):
+        log.error("these tests fail without any mutation: %s", ", ".join(broken))
+        return 2
     survived = []
     log.info("| mutation | file | killed by |\n|---|---|---|")
     for mutation in chosen:

@@ -12,7 +12,7 @@ import certify_diffsmooth
 import eval_sde_adv
 from training import train_aid, train_classifier
 from training.train_score_model import ScoreTrainingFile
-from utils.config import from_dict, read_yaml
+from utils.config import from_dict, read_yaml, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yml"))
@@ -44,8 +44,6 @@ def training_dry_run(main: Callable) -> Callable[[Path, object, object], dict]:
 
 def score_training_load(path: Path, capsys, caplog) -> dict:
     """train_score_model has no --dry-run: the same from_dict validation its main() runs before training."""
-    from utils.config import to_dict
-
     return to_dict(from_dict(ScoreTrainingFile, read_yaml(path), str(path)))
 
 
