@@ -4,7 +4,7 @@ catch it; print which tests fail (kill) each mutation. Exit 1 if a mutation surv
     python benchmarks/mutations.py [--only NAME ...] [--list] [--baseline]
 
 Each mutation is a text patch (old -> new, exactly once) of one named file. Not part of the test suite
-(it runs the relevant test files once per mutation: about 10 minutes on 2 CPU cores).
+(it runs the relevant test files once per mutation: about 5 minutes on 2 CPU cores).
 """
 from __future__ import annotations
 
