@@ -115,12 +115,20 @@ def reseed_unseeded_noise(model: nn.Module, seed: int) -> None:
 
 @torch.no_grad()
 def clean_outcomes(models: Models, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, Any]:
-    """Clean predictions (B,) of both models and the per-image min / max of the purified images."""
+    """Clean predictions (B,) of both models, the defended logits (B, K), and the per-image min / max / sum of the
+    purified images (the sum is a checksum of the purification noise)."""
     purified = models.defended.purifier(x, seeds.to(x.device))
-    defended = models.defended.classifier(purified).argmax(dim=-1)
+    logits = models.defended.classifier(purified)
     bare = models.classifier(x).argmax(dim=-1)
     flat = purified.flatten(1)
-    return {"defended": defended, "classifier": bare, "min": flat.min(dim=1).values, "max": flat.max(dim=1).values}
+    return {"defended": logits.argmax(dim=-1), "classifier": bare, "logits": logits, "min": flat.min(dim=1).values,
+            "max": flat.max(dim=1).values, "sum": flat.double().sum(dim=1)}
+
+
+def logit_margin(logits: torch.Tensor, label: int) -> float:
+    """logits[label] - max of the other logits, for one image's logits (K,): > 0 iff the prediction is correct."""
+    others = torch.cat([logits[:label], logits[label + 1:]])
+    return float(logits[label] - others.max())
 
 
 def _scores(output: AttackOutput, b: int) -> dict[str, Any]:
@@ -173,7 +181,8 @@ def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: to
 
 def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                  clean: dict[str, torch.Tensor], results: dict[str, dict[str, AttackOutput]]) -> ImageRecord:
-    """Image b's JSON record: index, label, seeds, clean predictions, purified range, per-attack scores and flags."""
+    """Image b's JSON record: index, label, seeds, clean predictions, purified range and sum, the defended model's
+    clean logit margin, per-attack scores and flags."""
     label = int(y[b])
     attacks = {}
     for key, outputs in results.items():
@@ -185,6 +194,7 @@ def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: 
         clean={model: {"prediction": int(clean[model][b]), "correct": int(clean[model][b]) == label}
                for model in ("defended", "classifier")},
         purified_range=(float(clean["min"][b]), float(clean["max"][b])),
+        purified_sum=float(clean["sum"][b]), clean_margin=logit_margin(clean["logits"][b], label),
         attacks=attacks,
     )
 

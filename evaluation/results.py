@@ -137,7 +137,8 @@ class ImageRecord:
     """One image's result line, written by ResultWriter and read by the summary.
 
     clean: {model: {prediction, correct}}; attacks: {attack key: {model: {predictions, correct}, 'flags': {...}}}
-    with model 'defended' or 'classifier'; purified_range: (min, max) of the purified clean image.
+    with model 'defended' or 'classifier'; purified_range: (min, max) and purified_sum: the sum of the purified clean
+    image; clean_margin: the defended model's clean logit of the label minus its best other logit.
     """
 
     index: int
@@ -146,6 +147,8 @@ class ImageRecord:
     seeds: dict[str, int]
     clean: dict[str, dict[str, Any]]
     purified_range: tuple[float, float]
+    purified_sum: float
+    clean_margin: float
     attacks: dict[str, dict[str, Any]]
     written_at: int = 0
 
@@ -163,8 +166,8 @@ class ImageRecord:
                               "the run folder, or delete the line")
         try:
             return cls(int(data["index"]), int(data["batch"]), int(data["label"]), dict(data["seeds"]),
-                       dict(data["clean"]), tuple(data["purified_range"]), dict(data["attacks"]),
-                       int(data["written_at"]))
+                       dict(data["clean"]), tuple(data["purified_range"]), float(data["purified_sum"]),
+                       float(data["clean_margin"]), dict(data["attacks"]), int(data["written_at"]))
         except (TypeError, ValueError) as err:
             raise RunDirError(f"{where}: malformed result line ({err}); delete that line to recompute it") from None
 

@@ -25,7 +25,7 @@ from evaluation.results import ImageRecord, ResultWriter, claim_run_dir, config_
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
 SCRIPTS = REPO / "run_scripts" / "cifar10"
-# run script -> (purifier, attack key, AutoAttack version or None, norm); FAST: one per family, the rest are slow
+# run script -> (purifier, attack key, AutoAttack version or None, norm); every one runs in the default suite
 SCRIPT_CASES = {
     "run_cifar_stand_inf_guide.sh": ("coup", "autoattack", "standard", "Linf"),
     "run_cifar_rand_L2_revonly.sh": ("reverse_only", "autoattack", "rand", "L2"),
@@ -36,8 +36,6 @@ SCRIPT_CASES = {
        for m, p in (("guide", "coup"), ("revonly", "reverse_only"), ("diffpure", "diffpure"))
        for v, version in (("stand", "standard"), ("rand", "rand")) for n, norm in (("inf", "Linf"), ("L2", "L2"))},
 }
-FAST = ("run_cifar_stand_inf_guide.sh", "run_cifar_rand_L2_revonly.sh", "run_cifar_stand_L2_diffpure.sh",
-        "run_cifar_pgd_eot.sh", "run_cifar_bpda.sh")
 RESUME_ARGS = ["--config", str(TINY), "--num_sub", "6", "--attack", "autoattack"]  # 3 batches of 2
 
 
@@ -83,8 +81,7 @@ def reference(tmp_path_factory) -> Path:
     return run_dir_of(root)
 
 
-@pytest.mark.parametrize("script", [s if s in FAST else pytest.param(s, marks=pytest.mark.slow)
-                                    for s in SCRIPT_CASES])
+@pytest.mark.parametrize("script", sorted(SCRIPT_CASES))
 def test_run_script_end_to_end(script, tmp_path):
     purifier, key, version, norm = SCRIPT_CASES[script]
     bare = " --evaluate_classifier" if key == "pgd_eot" else ""
@@ -113,6 +110,10 @@ def test_run_script_end_to_end(script, tmp_path):
     assert span["left_unit_interval"] or purifier != "diffpure"  # DiffPure's output is not clamped
     assert "| defended | clean |" in (run_dir / "summary.md").read_text() and "| defended | clean |" in done.stdout
     assert summary["packages"]["torch"] == torch.__version__.split("+")[0]
+
+
+def test_every_cifar10_run_script_is_tested():
+    assert sorted(SCRIPT_CASES) == sorted(p.name for p in SCRIPTS.glob("*.sh"))
 
 
 def test_scripts_read_the_paper_config_and_pick_purifier_and_backend(tmp_path):
@@ -172,6 +173,54 @@ def test_torchrun_two_processes_equal_one(reference, tmp_path):
     assert shards == {"results.rank0.jsonl": [0, 0, 2, 2], "results.rank1.jsonl": [1, 1]}
     assert outcomes(run_dir) == outcomes(reference)
     assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
+
+
+def test_records_carry_noise_dependent_continuous_values(reference):
+    """The resume / sharding comparisons see the purification noise: the purified sum differs between images and
+    is reproduced by purifying with the record's own clean-noise seed."""
+    records = read_records(reference)
+    assert len({r["purified_sum"] for r in records.values()}) == len(records)
+    experiment = load_experiment(TINY, {"data.num_sub": 6})
+    images = load_images(experiment.file.data, experiment.base_dir)
+    defended, _ = build_models(experiment)
+    first = records[int(images.indices[0])]
+    seeds = torch.tensor([first["seeds"]["clean_noise"], first["seeds"]["clean_noise"] + 1])
+    with torch.no_grad():
+        purified = defended.purifier(images.x[:1].expand(2, -1, -1, -1), seeds)
+        logits = defended.classifier(purified[:1])[0]
+    assert float(purified[0].double().sum()) == pytest.approx(first["purified_sum"], rel=1e-6)
+    assert float(purified[1].double().sum()) != pytest.approx(first["purified_sum"], rel=1e-6)
+    label = first["label"]
+    margin = float(logits[label] - torch.cat([logits[:label], logits[label + 1:]]).max())
+    assert margin == pytest.approx(first["clean_margin"], rel=1e-5, abs=1e-6)
+    assert (margin > 0) == first["clean"]["defended"]["correct"]
+
+
+def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
+    """Batch 0 written, batch 1 holds only its first image: the rerun keeps batch 0 and redoes all of batch 1."""
+    run_dir = tmp_path / reference.name
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text((reference / "config.yaml").read_text())
+    lines = (reference / "results.jsonl").read_text().splitlines()
+    kept = [json.loads(line) for line in lines if json.loads(line)["batch"] == 0]
+    half = [json.loads(line) for line in lines if json.loads(line)["batch"] == 1][:1]
+    (run_dir / "results.jsonl").write_text("".join(json.dumps({**r, "written_at": 1}) + "\n" for r in kept + half))
+    assert eval_sde_adv.main([*RESUME_ARGS, "--output_dir", str(tmp_path)]) == 0
+    records = read_records(run_dir)
+    assert {i for i, r in records.items() if r["written_at"] == 1} == {r["index"] for r in kept}
+    assert lines_per_index(run_dir)[half[0]["index"]] == 2 and sum(lines_per_index(run_dir).values()) == 7
+    assert outcomes(run_dir) == outcomes(reference)
+
+
+def test_batch_size_changes_no_clean_record(reference, tmp_path):
+    """Clean purification noise is seeded per image: batches of 3 instead of 2 give the same clean values."""
+    args = [*RESUME_ARGS, "--output_dir", str(tmp_path), "--adv_batch_size", "3"]
+    assert eval_sde_adv.main(args) == 0
+
+    def clean(records: dict[int, dict]) -> dict[int, tuple]:
+        return {i: (r["clean"], r["purified_sum"], r["clean_margin"], r["purified_range"]) for i, r in records.items()}
+
+    assert clean(read_records(run_dir_of(tmp_path))) == clean(read_records(reference))
 
 
 def test_results_dir_of_another_config_is_refused(tmp_path, caplog):
@@ -239,7 +288,7 @@ def test_unseeded_purifier_noise_restarts_per_batch():
 
 def record(index: int, label: int) -> ImageRecord:
     """A minimal result line of image `index` whose label tells the versions apart."""
-    return ImageRecord(index, 0, label, {}, {}, (0.0, 1.0), {})
+    return ImageRecord(index, 0, label, {}, {}, (0.0, 1.0), 0.0, 0.0, {})
 
 
 def test_torn_lines_are_cut_and_the_last_record_wins(tmp_path):
@@ -320,7 +369,7 @@ def test_all_attacks_counts_an_image_only_if_it_survives_every_attack():
 
     def outcome(a: bool, b: bool) -> ImageRecord:
         correct = {"pgd": {"single": a, "worst": a}, "joint": {"single": b, "worst": b and a}}
-        return ImageRecord(0, 0, 0, {}, {"defended": {"correct": True}}, (0.0, 1.0),
+        return ImageRecord(0, 0, 0, {}, {"defended": {"correct": True}}, (0.0, 1.0), 0.0, 0.0,
                            {k: {"defended": {"correct": c}} for k, c in correct.items()})
 
     records = [outcome(True, True), outcome(True, False), outcome(False, True), outcome(True, True)]

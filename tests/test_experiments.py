@@ -13,12 +13,27 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import confidence_path, purified_images, salt_pepper, speed, sweeps, toy_label_flip
+from experiments import common, confidence_path, purified_images, salt_pepper, speed, sweeps, toy_label_flip
 from experiments.image_setup import add_model_arguments, defense_seeds, load_setup
 from experiments.salt_pepper import salt_and_pepper
 from experiments.toy_mixture import MixtureBackbone, NOISE_MODELS, ToySetting, flip_mask, purify_toy
 from diffusion.sde import VPSDE
+from tests.figures import check_figure
 from utils.images import to_image_space
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The figures the experiments save, in order (each is still written to disk)."""
+    saved = []
+    original = common.save_figure
+
+    def recording(fig, path):
+        saved.append(fig)
+        return original(fig, path)
+
+    monkeypatch.setattr(common, "save_figure", recording)
+    return saved
 
 
 def test_mixture_score_is_the_gradient_of_the_marginal_log_density():
@@ -82,11 +97,12 @@ def test_guidance_with_the_bayes_classifier_lowers_the_flip_rate():
     assert flip_mask(fixed_label, "boundary", 0.0, 2.0, 0.05, xi, z).double().mean() < unguided - 0.1
 
 
-def test_toy_main_writes_figure_and_numbers(tmp_path: Path):
+def test_toy_main_writes_figure_and_numbers(tmp_path: Path, figures):
     payload = toy_label_flip.main(["--out", str(tmp_path), "--paths", "300", "--lambdas", "0,2",
                                    "--noise", "boundary=0,0.2", "label=0.5", "--starts", "0.05",
                                    "--t-star", "0.02", "--dt", "0.002"])
     assert (tmp_path / "flip_probability.png").stat().st_size > 10_000
+    check_figure(figures[-1], [2, 1])  # panels: boundary noise (delta 0, 0.2), label noise (0.5)
     with (tmp_path / "flip_probability.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(payload["rows"]) == 3 * 2
@@ -150,7 +166,7 @@ def test_recorded_purification_equals_the_purifier_and_calls_back_every_step(tin
         assert [tau for _, tau, _ in calls] == pytest.approx([0.03, 0.02, 0.01])
 
 
-def test_confidence_path_main(tiny_config: Path, tmp_path: Path):
+def test_confidence_path_main(tiny_config: Path, tmp_path: Path, figures):
     payload = confidence_path.main(["--config", str(tiny_config), "--out", str(tmp_path), "--num-images", "4"])
     with (tmp_path / "confidence_path.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -163,9 +179,10 @@ def test_confidence_path_main(tiny_config: Path, tmp_path: Path):
     assert arrays["coup_p_true"].shape == (4, 3) and arrays["coup_t"][0] == pytest.approx(0.02)
     assert payload["attack"]["params"]["iterations"] == 1  # taken from the config's pgd_eot entry
     assert (tmp_path / "confidence_path.png").stat().st_size > 10_000
+    check_figure(figures[-1], [2, 2])  # p_true and p_adv panels: reverse-only and COUP, bands of the mean
 
 
-def test_sweeps_main_saves_points_and_resumes(tiny_config: Path, tmp_path: Path, monkeypatch):
+def test_sweeps_main_saves_points_and_resumes(tiny_config: Path, tmp_path: Path, monkeypatch, figures):
     args = ["--config", str(tiny_config), "--out", str(tmp_path), "--num-images", "2",
             "--t-stars", "0.01,0.02", "--lambdas", "0,1"]
     first = sweeps.main(args)
@@ -182,6 +199,7 @@ def test_sweeps_main_saves_points_and_resumes(tiny_config: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="other settings"):
         sweeps.main(args + ["--attack-param", "iterations=2"])
     assert (tmp_path / "sweeps.png").is_file() and (tmp_path / "sweeps.csv").is_file()
+    check_figure(figures[0], [2, 2])  # clean and robust accuracy with Wilson error bars
 
 
 def test_purified_images_main(tiny_config: Path, tmp_path: Path):
@@ -196,7 +214,7 @@ def test_purified_images_main(tiny_config: Path, tmp_path: Path):
     assert (tmp_path / "purified_images.png").stat().st_size > 10_000
 
 
-def test_speed_main(tiny_config: Path, tmp_path: Path):
+def test_speed_main(tiny_config: Path, tmp_path: Path, figures):
     payload = speed.main(["--config", str(tiny_config), "--out", str(tmp_path), "--num-images", "2",
                           "--t-stars", "0.01,0.03", "--repeats", "2", "--warmup", "0", "--with-grad"])
     rows = payload["rows"]
@@ -205,6 +223,7 @@ def test_speed_main(tiny_config: Path, tmp_path: Path):
     assert all(r["seconds_per_image"] > 0.0 and r["ci_low"] <= r["seconds_per_image"] <= r["ci_high"] for r in rows)
     assert json.loads((tmp_path / "speed.json").read_text())["environment"]["device"] == "cpu"
     assert (tmp_path / "speed.png").is_file()
+    check_figure(figures[-1], [6])  # 3 methods x (purify, gradient), t-interval error bars
 
 
 def test_salt_and_pepper_is_seeded_per_image_nested_and_of_the_right_amount():
@@ -220,7 +239,7 @@ def test_salt_and_pepper_is_seeded_per_image_nested_and_of_the_right_amount():
     assert bool((salt_and_pepper(x, 0.4, seeds) != 0.5)[hit].all())  # larger amounts corrupt a superset
 
 
-def test_salt_pepper_main(tiny_config: Path, tmp_path: Path):
+def test_salt_pepper_main(tiny_config: Path, tmp_path: Path, figures):
     args = ["--config", str(tiny_config), "--out", str(tmp_path), "--num-images", "4", "--amounts", "0,0.3"]
     payload = salt_pepper.main(args)
     assert [(r["method"], r["amount"]) for r in payload["rows"]] == [
@@ -228,3 +247,4 @@ def test_salt_pepper_main(tiny_config: Path, tmp_path: Path):
     assert len(list((tmp_path / "points").iterdir())) == 6
     assert salt_pepper.main(args)["rows"] == payload["rows"]
     assert (tmp_path / "salt_pepper.png").is_file() and (tmp_path / "salt_pepper.csv").is_file()
+    check_figure(figures[-1], [3])  # none, reverse-only, COUP with Wilson bands

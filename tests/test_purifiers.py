@@ -145,6 +145,9 @@ def test_backends_agree_with_guidance_in_both_modes():
             grads.append(g.flatten())
         assert torch.allclose(outs[0], outs[1], atol=1e-5)
         assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.999
+        # scale too: the adjoint differs from the discrete solver's exact gradient by O(dt) (0.15 at dt 0.01;
+        # both are pinned to closed forms in tests/test_formulas.py)
+        assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 0.2
 
 
 def test_step_callback_sees_every_step_and_needs_the_exact_backend():
