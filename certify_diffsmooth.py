@@ -3,7 +3,8 @@
 Usage: python certify_diffsmooth.py --config configs/diffsmooth/cifar10.yml --sigma 0.5 [--N 100000] [--dry-run]
 Writes <output_dir>/<mode>_sigma<sigma>.tsv (Cohen's columns, one flushed line per image; a rerun resumes), its
 sidecar .json (config hash, resolved config, seeds, package versions, git hash), a Markdown table and a PNG plot.
-Paths in the YAML resolve against the config file; --output_dir resolves against the working directory.
+Paths in the YAML: the config's folder, then the repository root (utils.paths); --output_dir resolves against the
+working directory.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
 from utils.experiment import set_override
 from utils.overrides import parse_assignments
+from utils.paths import resolve_path
 from utils.provenance import provenance
 
 log = logging.getLogger("certify_diffsmooth")
@@ -269,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
     if args.output_dir is not None:
         overrides["run.output_dir"] = str(args.output_dir.resolve())
     file = load_config(args.config, overrides)
-    output_dir = args.config.resolve().parent / file.run.output_dir
+    output_dir = resolve_path(file.run.output_dir, args.config.resolve().parent)
     if args.dry_run:
         log.info("resolved config:\n%soutput -> %s", yaml.safe_dump(resolved_config(file), sort_keys=False),
                  output_dir.resolve())

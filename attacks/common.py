@@ -11,6 +11,8 @@ from torch import nn
 from utils.seeds import derive_seeds
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+# progress hook of an attack: called with (iteration done, iterations) after each step; never prints
+IterationCallback = Callable[[int, int], None]
 
 # stage tags mixed into per-image seeds, so start noise, attack noise and scoring noise never coincide
 STAGE_START, STAGE_ATTACK, STAGE_SCORE = 0, 1, 2

@@ -24,7 +24,7 @@ class EvalConfig:
 
     seed: int = 121
     adv_batch_size: int = 64
-    output_dir: str = "../results"
+    output_dir: str = "results"
     evaluate_classifier: bool = False
     save_examples: int = 0  # keep the first K images of batch 0 (clean, adversarial, purified) in examples.pt
 

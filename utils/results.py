@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from utils.labels import run_slug
+
 CONFIG_FILE = "config.yaml"
 RESULTS_GLOB = "results*.jsonl"
 HASH_LENGTH = 8  # hex digits of the config hash in the run name
@@ -43,8 +45,8 @@ def config_hash(resolved: dict[str, Any]) -> str:
 
 
 def run_name(config_path: Path, resolved: dict[str, Any], digest: str) -> str:
-    """<config stem>_<purifier>_seed<eval.seed>_data<data_seed>_<short hash>: distinct settings never collide."""
-    return (f"{Path(config_path).stem}_{resolved['purifier']['name']}_seed{resolved['eval']['seed']}"
+    """<config stem>_<method, t*, dt, lambda, grads, backend, attacks>_seed<S>_data<D>_<short hash> (utils.labels)."""
+    return (f"{Path(config_path).stem}_{run_slug(resolved)}_seed{resolved['eval']['seed']}"
             f"_data{resolved['data']['data_seed']}_{digest[:HASH_LENGTH]}")
 
 
