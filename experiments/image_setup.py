@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from runners.purifiers import Purifier, PurifierConfig, resolve_purifier_config
 from utils.config import ConfigError, to_dict
 from utils.data import ImageSet, load_images
 from utils.experiment import Experiment, dump_yaml, load_experiment
+from utils.progress import Progress
 from utils.seeds import derive_seeds
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yml"
 DIFFUSION_METHODS = ("reverse_only", "diffpure", "coup")
 # seed tags: the defense noise of experiment k never reuses the attack's or the scorer's seeds
@@ -163,10 +166,17 @@ def make_attack(setup: ImageSetup, args: argparse.Namespace) -> tuple[Attack, di
 
 
 def attack_images(setup: ImageSetup, attack: Attack, model: nn.Module) -> list[AttackOutput]:
-    """Run the attack on every batch with the config's attack seed (eval.seed)."""
+    """Run the attack on every batch with the config's attack seed (eval.seed), showing progress (utils.progress)."""
     images, seed = setup.images, setup.experiment.file.eval.seed
-    return [attack.run(model, images.x[part], images.y[part], images.indices[part], seed)
-            for part in setup.batches()]
+    progress = Progress(len(images.indices), {attack.name: 1.0}, log)
+    outputs = []
+    for part in setup.batches():
+        progress.start_batch(part.stop - part.start)
+        outputs.append(attack.run(model, images.x[part], images.y[part], images.indices[part], seed,
+                                  functools.partial(progress.step, attack.name)))
+        progress.finish_batch()
+    progress.close()
+    return outputs
 
 
 def defense_seeds(seed: int, indices: torch.Tensor, key: int = 0) -> torch.Tensor:
