@@ -2,6 +2,7 @@
 folder, readable summaries and folder names, reuse that says so, --help with choices, labelled example figures."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from utils.config import ConfigError
 from utils.labels import attack_slug, class_name, defining_values, purifier_label, run_slug
 from utils.paths import REPO_ROOT, candidates, find_file, output_folder, resolve_path
 from utils.progress import Progress, format_duration
+from utils import report
 from utils.report import image_caption
 from utils.reuse import reuse_text, row_origin
 
@@ -111,6 +113,11 @@ def test_reuse_is_stated_in_log_and_summary_and_fresh_recomputes(tmp_path, caplo
                      r"to recompute, pass --fresh or delete .*" + re.escape(run_dir.name), caplog.text)
     assert "images reused from earlier runs" in (run_dir / "summary.md").read_text()
     assert (run_dir / "results.jsonl").read_text() == first
+    assert report.main(["--results", str(tmp_path), "--config", str(TINY), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "| coup (t* 0.01, dt 0.005, lambda 1, detached grads, exact backend) * |" in table
+    assert re.search(r"\n\* coup \(.*\): 2 of 2 images reused from earlier runs \(written .* UTC\); to recompute, "
+                     r"pass --fresh or delete " + re.escape(str(run_dir)), table)
     assert eval_sde_adv.main([*args, "--fresh"]) == 0
     assert "reused" not in (run_dir / "summary.md").read_text()
     assert len((run_dir / "results.jsonl").read_text().splitlines()) == 2
@@ -176,6 +183,15 @@ def test_progress_logs_at_a_steady_interval_with_the_time_left():
     progress.finish_batch()  # the last batch always reports
     assert lines[-1] == "progress: 4/4 images done (100 % of the work); elapsed 1 min 20 s, about 0 s left"
     assert format_duration(3725) == "1 h 02 min" and format_duration(59.6) == "1 min 00 s"
+
+
+def test_progress_bar_on_a_terminal_shows_the_current_attack():
+    stream = io.StringIO()
+    progress = Progress(2, {"pgd_eot": 1.0}, logging.getLogger("bar-test"), terminal=True, stream=stream)
+    progress.start_batch(2)
+    progress.step("pgd_eot", 1, 4)
+    progress.close()
+    assert "images:  25%" in stream.getvalue() and "pgd_eot iteration 1/4" in stream.getvalue()
 
 
 def test_labels_carry_the_defining_values():
