@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,25 @@ def test_progress_logs_at_a_steady_interval_with_the_time_left():
     progress.start_batch(2)
     progress.finish_batch()  # the last batch always reports
     assert lines[-1] == "progress: 4/4 images done (100 % of the work); elapsed 1 min 20 s, about 0 s left"
+    progress.close()
     assert format_duration(3725) == "1 h 02 min" and format_duration(59.6) == "1 min 00 s"
+
+
+def test_progress_timer_logs_while_a_step_takes_longer_than_the_interval():
+    lines: list[str] = []
+    log = logging.getLogger("progress-timer-test")
+    log.info = lambda fmt, text: lines.append(text)  # type: ignore[method-assign]
+    progress = Progress(2, {"pgd_eot": 1.0}, log, interval=0.02, terminal=False)
+    progress.start_batch(2)
+    deadline = time.monotonic() + 5.0
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # no step is reported meanwhile
+    progress.close()
+    assert len(lines) >= 2 and lines[0].startswith("progress: 0/2 images done (0 % of the work); elapsed 0 s, "
+                                                   "estimating time left")
+    count = len(lines)
+    time.sleep(0.1)
+    assert len(lines) == count  # close() stops the timer
 
 
 def test_progress_bar_on_a_terminal_shows_the_current_attack():
