@@ -24,6 +24,7 @@ from utils.progress import Progress, format_duration
 from utils import report
 from utils.report import image_caption
 from utils.reuse import reuse_text, row_origin
+from utils.run_plan import AttackBudget, attack_weights
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
@@ -257,3 +258,15 @@ def test_figure_captions_give_true_class_and_prediction():
     assert image_caption("fashion-mnist", example, "pgd_eot", 1, 2) == "pred: Sandal (wrong)"
     assert image_caption("fashion-mnist", example, "pgd_eot", 1, 1) == ""
     assert class_name("svhn", 3) == "3"
+
+
+def test_attack_weights_leave_the_scoring_forwards_for_the_end_of_a_batch():
+    budgets = [AttackBudget("pgd_eot", 8, 2, 10)]
+    weights = attack_weights(budgets)
+    assert weights == {"pgd_eot": 48.0, "scoring": 11.0}
+    progress = Progress(4, weights, logging.getLogger("weights-test"), interval=0.0, terminal=False)
+    progress.start_batch(4)
+    progress.step("pgd_eot", 8, 8)  # every iteration done, the 10 scoring forwards (and the clean one) not yet
+    assert progress.mark[0] == pytest.approx(48 / 59)
+    progress.finish_batch()
+    assert progress.mark[0] == 1.0

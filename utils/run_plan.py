@@ -14,6 +14,7 @@ from utils.experiment import AttackSpec
 from utils.progress import format_duration
 
 AUTOATTACK_ITERATIONS = 100  # AutoAttack's APGD iterations when n_iter is left to the library
+SCORING_STAGE = "scoring"  # the progress stage of the clean and scoring forwards
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ def reverse_steps(purifier_config: object) -> int:
 
 
 def attack_weights(budgets: list[AttackBudget], gradient_cost: float = 3.0) -> dict[str, float]:
-    """Work per image of each attack in forward-pass units (a forward-backward pass counts `gradient_cost`)."""
-    return {b.key: gradient_cost * b.gradient_passes + b.scoring for b in budgets}
+    """Work per image in forward-pass units (a forward-backward pass counts `gradient_cost`): each attack's steps,
+    and SCORING_STAGE, the clean and scoring forwards, which no callback reports (they count when a batch ends)."""
+    return {**{b.key: gradient_cost * b.gradient_passes for b in budgets},
+            SCORING_STAGE: 1.0 + sum(b.scoring for b in budgets)}
 
 
 def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], steps: int) -> str:
