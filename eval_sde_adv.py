@@ -49,6 +49,7 @@ KEY_OPTIONS = {"seed": "eval.seed", "data_seed": "data.data_seed", "num_sub": "d
                "adv_batch_size": "eval.adv_batch_size", "t_star": "purifier.t_star",
                "guidance_scale": "purifier.guidance_scale", "grad_mode": "purifier.grad_mode",
                "backend": "purifier.backend", "output_dir": "eval.output_dir"}
+TIMING_IMAGES = 8  # images of the first batch timed for the run's estimate
 GRAD_MODES = tuple(dict.fromkeys(get_args(GradMode) + get_args(AIDGradMode)))  # every purifier's grad_mode values
 # options that set a field of every selected attack whose config has it
 ATTACK_OPTIONS = {"attack_version": "version", "lp_norm": "norm", "adv_eps": "eps"}
@@ -173,12 +174,12 @@ def log_flags(outputs: dict[str, dict[str, Any]]) -> None:
 
 def plan_run(models: Models, runs: list[AttackRun], images: ImageSet, todo: list[Batch], experiment: Experiment,
              device: torch.device) -> list[AttackBudget]:
-    """Log the run's size and a time estimate from timing the first pending batch; returns the attack budgets."""
+    """Log the run's size and a time estimate from timing (up to TIMING_IMAGES of) the first pending batch."""
     budgets = [attack_budget(run.key, run.spec) for run in runs]
     n_todo = sum(b.stop - b.start for b in todo)
     log.info("%s", describe_size(len(images.indices), n_todo, budgets, reverse_steps(experiment.purifier)))
     if todo:
-        part = slice(todo[0].start, todo[0].stop)
+        part = slice(todo[0].start, min(todo[0].stop, todo[0].start + TIMING_IMAGES))
         x, y = images.x[part].to(device), images.y[part].to(device)
         seeds = clean_noise_seeds(experiment.file.eval.seed, images.indices[part]).to(device)
         log.info("%s", estimate_line(n_todo, budgets, seconds_per_image(models.defended, x, y, seeds)))

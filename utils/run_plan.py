@@ -1,5 +1,5 @@
 """The size of an evaluation run before it starts: images, attacks, iterations x EOT, network passes, and a time
-estimate from timing one forward and one forward-backward pass of the defended model on the first batch."""
+estimate from timing one forward and one forward-backward pass of the defended model on (part of) the first batch."""
 from __future__ import annotations
 
 import time
@@ -84,8 +84,8 @@ def seconds_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds:
 
 
 def estimate_line(n_todo: int, budgets: list[AttackBudget], timing: tuple[float, float]) -> str:
-    """'estimated time: about 6 min 10 s (from timing the first batch: 0.052 s per forward, ...)'."""
+    """'estimated time: about 6 min 10 s (from timing the first images: 0.052 s per image forward, ...)'."""
     forward, gradient = timing
     per_image = forward * (1 + sum(b.scoring for b in budgets)) + gradient * sum(b.gradient_passes for b in budgets)
-    return (f"estimated time: about {format_duration(n_todo * per_image)} (from timing the first batch: "
+    return (f"estimated time: about {format_duration(n_todo * per_image)} (from timing the first images: "
             f"{forward:.3g} s per image forward, {gradient:.3g} s per image forward-backward)")
