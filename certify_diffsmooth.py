@@ -3,7 +3,8 @@
 Usage: python certify_diffsmooth.py --config configs/diffsmooth/cifar10.yml --sigma 0.5 [--N 100000] [--dry-run]
 Writes <output_dir>/<mode>_sigma<sigma>.tsv (Cohen's columns, one flushed line per image; a rerun resumes), its
 sidecar .json (config hash, resolved config, seeds, package versions, git hash), a Markdown table and a PNG plot.
-Paths in the YAML resolve against the config file; --output_dir resolves against the working directory.
+Paths in the YAML: the config's folder, then the repository root (utils.paths); --output_dir resolves against the
+working directory.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Optional, Sequence
 
 from certification.certify import MODES
 from certification.pipeline import Outputs, load_config, resolved_config, run
-from utils.precision import numerics
 from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging
+from utils.paths import resolve_path
+from utils.precision import numerics
 
 log = logging.getLogger("certify_diffsmooth")
 
@@ -44,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Outputs | None:
     """Certify as the command line says (user errors raise); None for --dry-run, which prints the resolved config."""
     args = parse_args(argv)
     file = load_config(args.config, command_overrides(args, CLI_KEYS))
-    output_dir = (args.config.resolve().parent / file.run.output_dir).resolve()
+    output_dir = resolve_path(file.run.output_dir, args.config.resolve().parent)
     if args.dry_run:
         sys.stdout.write(dry_run_text(resolved_config(file), output_dir))
         return None

@@ -3,8 +3,10 @@
     python eval_sde_adv.py --config configs/cifar10.yml --seed 121 --data_seed 0 --attack_version standard
     torchrun --nproc_per_node 4 eval_sde_adv.py --config configs/cifar10.yml ...   (rank r runs batches r, r+4, ...)
 
-Results go to <eval.output_dir>/<config stem>_<purifier>_seed<S>_data<D>_<hash>/: config.yaml, results*.jsonl
-(one line per image, appended per batch; rerunning the same command resumes), summary.json and summary.md.
+Results go to <eval.output_dir>/<config stem>_<method, t*, dt, lambda, grads, backend, attacks>_seed<S>_data<D>_<hash>/:
+config.yaml, results*.jsonl (one line per image, appended per batch; rerunning the same command reuses them, --fresh
+recomputes), summary.json and summary.md. Relative paths in the config: its folder first, then the repository root.
+Progress: a bar on a terminal, else a log line every --progress_interval seconds with the time left.
 """
 from __future__ import annotations
 
@@ -12,19 +14,30 @@ import argparse
 import copy
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional, get_args
 
-from tqdm import tqdm
+import torch
 
+from attacks.registry import ATTACKS
+from runners.aid import AIDGradMode
+from runners.defended import PURIFIERS
+from runners.guidance import GradMode
+from runners.purifiers import Backend
 from utils.cli import add_spine, dry_run_text, parse_assignments, run_main, set_override, setup_logging
 from utils.config import read_yaml
 from utils.data import ImageSet
 from utils.checkpoints import atomic_save
 from utils.distributed import Shard, barrier, start_shard, stop_shard
+from utils.paths import output_folder
 from utils.precision import numerics
-from evaluation.evaluate import (Batch, Models, attack_runs, attack_seed, evaluate_batch, example_images, make_models,
-                                 pending_batches, plan_batches)
+from utils.progress import DEFAULT_INTERVAL, Progress
+from evaluation.reuse import clear_run, reuse_text, row_origin
+from evaluation.run_plan import (AttackBudget, attack_budget, attack_weights, describe_size, estimate_line, reverse_steps,
+                            seconds_per_image)
+from evaluation.evaluate import (AttackRun, Batch, Models, attack_runs, attack_seed, clean_noise_seeds, evaluate_batch,
+                                 example_images, make_models, pending_batches, plan_batches)
 from evaluation.experiment import Experiment, load_experiment, load_prerequisites
 from evaluation.overrides import attack_field_overrides, select_attacks, switch_purifier
 from evaluation.results import (ResultWriter, claim_run_dir, config_hash, ordered_records, read_records,
@@ -38,20 +51,41 @@ KEY_OPTIONS = {"seed": "eval.seed", "data_seed": "data.data_seed", "num_sub": "d
                "adv_batch_size": "eval.adv_batch_size", "t_star": "purifier.t_star",
                "guidance_scale": "purifier.guidance_scale", "grad_mode": "purifier.grad_mode",
                "backend": "purifier.backend", "output_dir": "eval.output_dir"}
+TIMING_IMAGES = 8  # images of the first batch timed for the run's estimate
+GRAD_MODES = tuple(dict.fromkeys(get_args(GradMode) + get_args(AIDGradMode)))  # every purifier's grad_mode values
 # options that set a field of every selected attack whose config has it
 ATTACK_OPTIONS = {"attack_version": "version", "lp_norm": "norm", "adv_eps": "eps"}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default ('from the config' when the option is unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The option's help followed by its default."""
+        if action.default is argparse.SUPPRESS or action.required or action.help is None:
+            return action.help or ""
+        default = "from the config" if action.default in (None, []) else "%(default)s"
+        return f"{action.help} (default: {default})"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print 'eval_sde_adv.py: <message> (see --help)' and exit 2."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The command line; every option maps onto a config key (see --dry-run for the result)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_spine(p, "experiment YAML (paths inside resolve against its folder)")
+    p = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
+    add_spine(p, "experiment YAML (relative paths inside: its folder first, then the repository root)")
     p.add_argument("--seed", type=int, help="eval.seed: attack and purification-noise seed")
     p.add_argument("--data_seed", type=int, help="data.data_seed: which images form the subset")
     p.add_argument("--num_sub", type=int, help="data.num_sub: number of images")
     p.add_argument("--adv_batch_size", type=int, help="eval.adv_batch_size")
-    p.add_argument("--attack", action="append", metavar="NAME",
-                   help="run only the config's attacks named NAME (its defaults if it has none); repeatable")
+    p.add_argument("--attack", action="append", choices=ATTACKS.names(),
+                   help="run only the config's attacks of this name (its defaults if it has none); repeatable")
     p.add_argument("--attack_version", choices=("standard", "rand"), help="version of the AutoAttack entries")
     p.add_argument("--lp_norm", choices=("Linf", "L2"), help="norm of every attack")
     p.add_argument("--adv_eps", type=float, help="eps of every attack")
@@ -59,12 +93,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     t_group.add_argument("--t", type=int, help="diffusion steps out of 1000 as in the papers (100 -> t_star 0.1)")
     t_group.add_argument("--t_star", type=float, help="purifier.t_star in (0, 1]")
     p.add_argument("--guidance_scale", type=float, help="purifier.guidance_scale (lambda)")
-    p.add_argument("--purifier", help="switch the method: coup | reverse_only | diffpure | none | aid")
-    p.add_argument("--grad_mode", help="purifier.grad_mode")
-    p.add_argument("--backend", help="purifier.backend: exact | torchsde")
+    p.add_argument("--purifier", choices=PURIFIERS.names(), help="switch the method")
+    p.add_argument("--grad_mode", choices=GRAD_MODES,
+                   help="purifier.grad_mode (diffusion purifiers: detached | full; aid: exact | create_graph | bpda)")
+    p.add_argument("--backend", choices=get_args(Backend), help="purifier.backend")
     p.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()),
-                   help="eval.output_dir (relative to the working directory here, to the config file in YAML)")
+                   help="eval.output_dir (here relative to the working directory; in the YAML by the config path rule)")
     p.add_argument("--evaluate_classifier", action="store_true", help="also attack the bare classifier")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute: delete this run's earlier results (inside its run folder only) before starting")
+    p.add_argument("--progress_interval", type=float, default=DEFAULT_INTERVAL,
+                   help="seconds between progress lines when stderr is not a terminal (a bar is shown otherwise)")
     return p.parse_args(argv)
 
 
@@ -100,9 +139,8 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def output_root(experiment: Experiment) -> Path:
-    """eval.output_dir, resolved against the config file's folder."""
-    path = Path(experiment.file.eval.output_dir).expanduser()
-    return path if path.is_absolute() else experiment.base_dir / path
+    """eval.output_dir by the config path rule (utils.paths.output_folder), absolute."""
+    return output_folder(experiment.file.eval.output_dir, experiment.base_dir)
 
 
 def open_run(experiment: Experiment, config_path: Path, shard: Shard) -> tuple[Path, str]:
@@ -117,40 +155,90 @@ def open_run(experiment: Experiment, config_path: Path, shard: Shard) -> tuple[P
     return run_dir, digest
 
 
+def log_reuse(run_dir: Path, images: ImageSet, done: dict[int, dict[str, Any]], started_ns: int) -> None:
+    """Say which images come from earlier runs, when they were made, and how to recompute them."""
+    earlier = [done[i] for i in images.indices.tolist() if i in done]
+    text = reuse_text(row_origin(earlier, started_ns), run_dir)
+    if text:
+        log.info("%s", text)
+
+
+def log_flags(outputs: dict[str, dict[str, Any]]) -> None:
+    """The sanity-check messages each attack raised on its first batch, once per run."""
+    for key, by_model in outputs.items():
+        for check, message in by_model["defended"].flags.items():
+            if message:
+                log.info("%s sanity check %s: %s", key, check, message)
+
+
+def plan_run(models: Models, runs: list[AttackRun], images: ImageSet, todo: list[Batch], experiment: Experiment,
+             device: torch.device) -> list[AttackBudget]:
+    """Log the run's size and a time estimate from timing (up to TIMING_IMAGES of) the first pending batch."""
+    budgets = [attack_budget(run.key, run.spec) for run in runs]
+    n_todo = sum(b.stop - b.start for b in todo)
+    log.info("%s", describe_size(len(images.indices), n_todo, budgets, reverse_steps(experiment.purifier)))
+    if todo:
+        part = slice(todo[0].start, min(todo[0].stop, todo[0].start + TIMING_IMAGES))
+        x, y = images.x[part].to(device), images.y[part].to(device)
+        seeds = clean_noise_seeds(experiment.file.eval.seed, images.indices[part]).to(device)
+        log.info("%s", estimate_line(n_todo, budgets, seconds_per_image(models.defended, x, y, seeds)))
+    return budgets
+
+
 def run_batches(experiment: Experiment, images: ImageSet, models: Models, batches: list[Batch], run_dir: Path,
-                shard: Shard) -> None:
+                shard: Shard, interval: float = DEFAULT_INTERVAL) -> None:
     """Evaluate this rank's batches that still miss a result, appending each to this rank's JSONL file."""
     eval_config = experiment.file.eval
     indices = images.indices.tolist()
-    done = set(read_records(run_dir))
-    todo = pending_batches(batches, indices, done, shard.rank, shard.world_size)
+    done = read_records(run_dir)
+    todo = pending_batches(batches, indices, set(done), shard.rank, shard.world_size)
     log.info("%s: %d images in %d batches; %d done before, rank %d/%d runs %d batch(es)", run_dir, len(indices),
-             len(batches), len(done & set(indices)), shard.rank, shard.world_size, len(todo))
+             len(batches), len(set(done) & set(indices)), shard.rank, shard.world_size, len(todo))
+    log_reuse(run_dir, images, done, time.time_ns())
+    if not todo:
+        return
     runs = attack_runs(experiment)
+    budgets = plan_run(models, runs, images, todo, experiment, shard.device)
+    progress = Progress(sum(b.stop - b.start for b in todo), attack_weights(budgets), log, interval)
     writer = ResultWriter(shard_file(run_dir, shard.rank, shard.world_size))
-    for batch in tqdm(todo, desc=f"batches (rank {shard.rank})", disable=None):
+    for number, batch in enumerate(todo):
         part = slice(batch.start, batch.stop)
         x, y = images.x[part].to(shard.device), images.y[part].to(shard.device)
+        progress.start_batch(batch.stop - batch.start)
         records, outputs = evaluate_batch(models, runs, x, y, images.indices[part], batch, eval_config.seed,
-                                          eval_config.evaluate_classifier)
+                                          eval_config.evaluate_classifier, progress.step)
+        if number == 0:
+            log_flags(outputs)
         if batch.number == 0 and eval_config.save_examples > 0:
             atomic_save(example_images(models, x, y, images.indices[part], eval_config.seed, outputs,
                                        eval_config.save_examples), run_dir / "examples.pt")
         writer.append(records)
+        progress.finish_batch()
+    progress.close()
 
 
-def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optional[str]:
-    """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0."""
+def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: bool = False,
+             interval: float = DEFAULT_INTERVAL) -> Optional[str]:
+    """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0.
+
+    Every prerequisite (data, checkpoints) is loaded before the run folder is made; fresh: rank 0 first deletes the
+    run folder's earlier results (evaluation.reuse.clear_run).
+    """
+    started_ns = time.time_ns()
     images, defended, classifier = load_prerequisites(experiment)
     models = make_models(defended, classifier, shard.device)
     run_dir, digest = open_run(experiment, config_path, shard)
+    if fresh and shard.rank == 0:
+        log.info("--fresh: removed %d earlier result file(s) from %s", len(clear_run(run_dir)), run_dir)
+    barrier(shard)
     batches = plan_batches(len(images.indices), experiment.file.eval.adv_batch_size)
-    run_batches(experiment, images, models, batches, run_dir, shard)
+    run_batches(experiment, images, models, batches, run_dir, shard, interval)
     barrier(shard)
     if shard.rank != 0:
         return None
     records = ordered_records(read_records(run_dir), images.indices.tolist())
-    info = RunInfo(run_dir.name, str(config_path), digest, attack_seed(experiment.file.eval.seed), shard.world_size)
+    info = RunInfo(run_dir.name, str(config_path), digest, attack_seed(experiment.file.eval.seed), shard.world_size,
+                   started_ns)
     markdown = write_summary(run_dir, build_summary(experiment, records, info))
     log.info("summary written to %s", run_dir)
     return markdown
@@ -167,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     shard = start_shard()
     try:
         with numerics(experiment.file.eval.precision):  # full float32 unless eval.precision allows TF32
-            markdown = evaluate(experiment, Path(args.config), shard)
+            markdown = evaluate(experiment, Path(args.config), shard, args.fresh, args.progress_interval)
     finally:
         stop_shard(shard)
     if markdown is not None:

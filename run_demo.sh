@@ -2,6 +2,7 @@
 # The demo: install what is missing, attack four defenses on real Fashion-MNIST with exact, fully adaptive
 # PGD-EOT (configs/demo.yml), print one table and write results/demo/{table.md,examples.png}.
 #   bash run_demo.sh          # <= 10 minutes on 2 CPU cores
+#   bash run_demo.sh --fresh  # recompute everything (a second run otherwise reuses the results, marked in the table)
 #   bash run_demo.sh --full   # 256 images, PGD 10 x 1 EOT, plus COUP with detached attack gradients (see README for its runtime and numbers)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +15,9 @@ SELECT=()  # what defines the experiment: the runs and the report get the same o
 if [ "${1:-}" = "--full" ]; then
   OUT=results/demo_full
   SELECT=(--num_sub 256 --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
+fi
+if [ "${!#:-}" = "--fresh" ]; then  # recompute instead of reusing the results of an earlier run
+  ARGS+=(--fresh)
 fi
 for purifier in none diffpure reverse_only coup; do
   "$PY" eval_sde_adv.py --config "$CONFIG" --purifier "$purifier" --output_dir "$OUT" "${SELECT[@]}" > /dev/null

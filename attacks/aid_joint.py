@@ -13,10 +13,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients
-from attacks.common import repeat_seeds
+from attacks.common import IterationCallback, repeat_seeds
 from attacks.pgd import BALLS, PGDEOT, PGDEOTConfig, eot_gradient
 from runners.aid import AIDDiscriminator, AIDPurifier
 from utils.config import require
@@ -59,13 +58,13 @@ class PGDAIDJoint(PGDEOT):
     config_class: type = PGDAIDJointConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                seed: int) -> tuple[torch.Tensor, Optional[str]]:
+                seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, Optional[str]]:
         """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
         config, ball = self.config, BALLS[self.config.norm]
         discriminator, forward = aid_discriminator(model), self.gradient_forward(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag = None
-        for step in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
+        for step in range(config.iterations):
             noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
             grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
             grad = grad + config.joint_weight * log_clean_gradient(discriminator, x_adv)
@@ -73,6 +72,8 @@ class PGDAIDJoint(PGDEOT):
                 zero_gradient_flag = check_zero_gradients(grad)
             delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
             x_adv = (x + delta).clamp(0.0, 1.0).detach()
+            if callback is not None:
+                callback(step + 1, config.iterations)
         return x_adv, zero_gradient_flag
 
 

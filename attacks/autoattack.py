@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attacks.checks import recorded_flags
-from attacks.common import AttackOutput, score_samples
+from attacks.common import AttackOutput, IterationCallback, score_samples
 from attacks.registry import check_attack_inputs
 from utils.compat import autoattack_class, reset_dynamic_check
 from utils.config import from_dict, require
@@ -77,8 +77,11 @@ class AutoAttackEval:
         return adversary
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-            seed: int) -> AttackOutput:
-        """Attack x (B, C, H, W) in [0, 1]; scores 'autoattack' (its own) plus single / vote / worst over x_adv."""
+            seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
+        """Attack x (B, C, H, W) in [0, 1]; scores 'autoattack' (its own) plus single / vote / worst over x_adv.
+
+        AutoAttack runs as one step for `callback` (its internal iterations are not exposed).
+        """
         check_attack_inputs(x, y, indices)
         adversary = self.adversary(model, seed, x.device)
         batch_size = self.config.batch_size or x.shape[0]
@@ -86,6 +89,8 @@ class AutoAttackEval:
         with recorded_flags() as raised, torch.random.fork_rng(devices=[] if x.device.type == "cpu" else None):
             reset_dynamic_check()
             x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        if callback is not None:
+            callback(1, 1)
         predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
         predictions["autoattack"], correct["autoattack"] = y_adv, y_adv == y
         flags = {name: raised.get(name) for name in self.checks_run}

@@ -33,31 +33,33 @@ class _FlagRecorder(logging.Handler):
 
 
 @contextmanager
-def recorded_flags() -> Iterator[FlagDict]:
-    """Within the block, warnings of AutoAttack's checks are collected into the yielded dict."""
+def recorded_flags(quiet: bool = False) -> Iterator[FlagDict]:
+    """Within the block, AutoAttack's check warnings are collected into the yielded dict (and only there if quiet)."""
     logger = logging.getLogger(AUTOATTACK_LOGGER)
     flags: FlagDict = {}
     handler = _FlagRecorder(flags)
-    old_level = logger.level
+    old_level, old_propagate = logger.level, logger.propagate
     if logger.getEffectiveLevel() > logging.WARNING:
         logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
+    logger.propagate = old_propagate and not quiet
     try:
         yield flags
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        logger.propagate = old_propagate
 
 
 def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> FlagDict:
     """Run check_randomized, check_range_output and check_dynamic once on (x, y).
 
-    Returns {check name: warning message, or None if the check passed}.
+    Returns {check name: warning message, or None if the check passed}; nothing is logged (the caller reports).
     """
     checks = autoattack_checks()
     logger = logging.getLogger(AUTOATTACK_LOGGER)
     reset_dynamic_check()
-    with recorded_flags() as flags:
+    with recorded_flags(quiet=True) as flags:
         checks.check_randomized(model, x, y, bs=x.shape[0], logger=logger)
         checks.check_range_output(model, x, logger=logger)
         checks.check_dynamic(model, x, False, logger=logger)
@@ -67,7 +69,7 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fla
 
 def check_zero_gradients(grad: torch.Tensor) -> Optional[str]:
     """AutoAttack's zero-gradient check on grad (B, ...): the warning message, or None if every row has a gradient."""
-    with recorded_flags() as flags:
+    with recorded_flags(quiet=True) as flags:
         autoattack_checks().check_zero_gradients(grad, logger=logging.getLogger(AUTOATTACK_LOGGER))
     return flags.get("check_zero_gradients")
 

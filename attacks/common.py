@@ -11,6 +11,8 @@ from torch import nn
 from utils.seeds import SeedStage, derive_seeds
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+# progress hook of an attack: called with (iteration done, iterations) after each step; never prints
+IterationCallback = Callable[[int, int], None]
 
 
 

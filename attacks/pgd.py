@@ -7,10 +7,9 @@ from typing import Any, Literal, Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
-from attacks.common import (AttackOutput, LogitsFn,
+from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import check_attack_inputs
 from utils.config import from_dict, require
@@ -142,6 +141,7 @@ class PGDEOT:
 
     name = "pgd_eot"
     config_class: type = PGDEOTConfig
+    gradient_note = "the attack differentiates through it exactly"
 
     def __init__(self, config: Mapping[str, Any] | PGDEOTConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
@@ -158,27 +158,37 @@ class PGDEOT:
         return (x + delta).clamp(0.0, 1.0)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                seed: int) -> tuple[torch.Tensor, Optional[str]]:
+                seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, Optional[str]]:
         """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
         config, ball = self.config, BALLS[self.config.norm]
         forward = self.gradient_forward(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag = None
-        for step in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
+        for step in range(config.iterations):
             noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
             grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
             if step == 0 and config.sanity_checks:
                 zero_gradient_flag = check_zero_gradients(grad)
             delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
             x_adv = (x + delta).clamp(0.0, 1.0).detach()
+            if callback is not None:
+                callback(step + 1, config.iterations)
         return x_adv, zero_gradient_flag
 
+    def explain_flags(self, flags: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+        """AutoAttack's warnings that are expected for an EOT attack, replaced by what they mean for it; others kept."""
+        notes = {"check_randomized": f"expected: the defense is randomized; {self.name} averages each step's gradient "
+                                     f"over {self.config.eot_samples} noise draws (EOT) and scores "
+                                     f"{self.config.eval_samples} forwards",
+                 "check_dynamic": f"expected: the forward pass runs an iterative solver; {self.gradient_note}"}
+        return {check: notes.get(check, message) if message else message for check, message in flags.items()}
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-            seed: int) -> AttackOutput:
-        """Attack one batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,)."""
+            seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
+        """Attack one batch x (B, C, H, W) in [0, 1], labels y (B,), dataset indices (B,); callback(i, n) per step."""
         check_attack_inputs(x, y, indices)
-        flags = run_sanity_checks(model, x, y) if self.config.sanity_checks else {}
-        x_adv, zero_gradient_flag = self.perturb(model, x, y, indices, seed)
+        flags = self.explain_flags(run_sanity_checks(model, x, y)) if self.config.sanity_checks else {}
+        x_adv, zero_gradient_flag = self.perturb(model, x, y, indices, seed, callback)
         predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
         if self.config.sanity_checks:
             flags["check_zero_gradients"] = zero_gradient_flag
@@ -190,6 +200,7 @@ class BPDAEOT(PGDEOT):
 
     name = "bpda_eot"
     config_class = BPDAEOTConfig
+    gradient_note = "BPDA replaces the purifier's backward by the identity on purpose"
 
     def gradient_forward(self, model: nn.Module) -> LogitsFn:
         """classifier(x + (purifier(x) - x).detach())."""

@@ -1,12 +1,12 @@
 """The attack registry: attack classes keyed by the names used in YAML, each built from its frozen config."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 import torch
 from torch import nn
 
-from attacks.common import AttackOutput
+from attacks.common import AttackOutput, IterationCallback
 from utils.config import from_dict
 from utils.images import check_images
 from utils.registry import Lazy, Registry
@@ -19,8 +19,8 @@ class Attack(Protocol):
     config_class: type
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-            seed: int) -> AttackOutput:
-        """Adversarial examples for x (B, C, H, W) in [0, 1] and their per-image scores."""
+            seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
+        """Adversarial examples for x (B, C, H, W) in [0, 1] and their per-image scores; callback(i, n) per step."""
         ...
 
 

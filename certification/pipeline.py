@@ -28,6 +28,7 @@ from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DATASETS, DataConfig, ImageSet, dataset_root, repeat_channels, subset_indices, to_image_set
 from utils.files import atomic_write_text
 from utils.cli import (apply_overrides, attempt, raise_problems)
+from utils.progress import Progress
 from utils.provenance import provenance
 
 log = logging.getLogger("certify_diffsmooth")
@@ -201,8 +202,10 @@ def run_info(file: DiffSmoothFile, config_path: Path, resolved: dict[str, Any]) 
 
 def certify_images(model: DiffSmooth, data: ImageSet, spec: SmoothingSpec, mode: Mode, results: ResultsTSV,
                    device: torch.device) -> None:
-    """Run CERTIFY or PREDICT on each image and append its row as soon as it is done."""
+    """Run CERTIFY or PREDICT on each image and append its row as soon as it is done (progress: utils.progress)."""
+    progress = Progress(len(data.indices), {mode: 1.0}, log)
     for x, label, index in zip(data.x, data.y.tolist(), data.indices.tolist()):
+        progress.start_batch(1)
         started = time.perf_counter()
         with torch.inference_mode():
             outcome = MODES[mode](model, x.to(device), index, spec)
@@ -210,6 +213,8 @@ def certify_images(model: DiffSmooth, data: ImageSet, spec: SmoothingSpec, mode:
                         elapsed_text(time.perf_counter() - started))
         results.append(row)
         log.info("image %d: label %d, predict %d, radius %.4f (%s)", index, label, row.predict, row.radius, row.time)
+        progress.finish_batch()
+    progress.close()
 
 
 def write_report(file: DiffSmoothFile, rows: list[ResultRow], tsv: Path) -> Outputs:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from classifiers.registry import ClassifierConfig, require_file, require_shape, resolve_path
+from classifiers.registry import ClassifierConfig, find_weights, require_file, require_shape
 from classifiers.wide_resnet import Normalized
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint
 
@@ -128,7 +128,7 @@ def load_strict(net: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -
 def cohen_cifar10_resnet110(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """Cohen's CIFAR-10 ResNet-110 ('cifar_resnet110'), Gaussian-noise trained; CIFAR mean/std inside."""
     require_shape(config, in_channels=3, num_classes=10)
-    path = resolve_path(config.checkpoint or COHEN_CIFAR10_PATH, base_dir)
+    path = find_weights(config.checkpoint or COHEN_CIFAR10_PATH, base_dir, COHEN_SOURCE)
     arch, state = read_cohen_checkpoint(path, COHEN_SOURCE)
     require_arch(arch, ("cifar_resnet110",), path, config.name)
     return Normalized(load_strict(CifarResNet(110, 10), state, path), COHEN_CIFAR10_MEAN, COHEN_CIFAR10_STD)
@@ -145,7 +145,7 @@ def torchvision_resnet50() -> nn.Module:
 def cohen_imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """Cohen's ImageNet ResNet-50 ('resnet50', DataParallel keys), Gaussian-noise trained; ImageNet mean/std inside."""
     require_shape(config, in_channels=3, num_classes=1000)
-    path = resolve_path(config.checkpoint or COHEN_IMAGENET_PATH, base_dir)
+    path = find_weights(config.checkpoint or COHEN_IMAGENET_PATH, base_dir, COHEN_SOURCE)
     arch, state = read_cohen_checkpoint(path, COHEN_SOURCE)
     require_arch(arch, ("resnet50",), path, config.name)
     return Normalized(load_strict(torchvision_resnet50(), state, path), IMAGENET_MEAN, IMAGENET_STD)
@@ -171,7 +171,7 @@ def beit_state(net: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
 def timm_beit_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """DiffSmooth's ImageNet BEiT in Cohen's format (arch = the timm name); (x - 0.5) / 0.5 inside, 224x224 input."""
     require_shape(config, in_channels=3, num_classes=1000)
-    path = resolve_path(config.checkpoint or DIFFSMOOTH_BEIT_PATH, base_dir)
+    path = find_weights(config.checkpoint or DIFFSMOOTH_BEIT_PATH, base_dir, BEIT_SOURCE)
     arch, state = read_cohen_checkpoint(path, BEIT_SOURCE)
     net = timm_beit(arch)
     return Normalized(load_strict(net, beit_state(net, state), path), VIT_MEAN, VIT_STD)
@@ -180,7 +180,7 @@ def timm_beit_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
 def imagenet_resnet50(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """torchvision's standard ImageNet ResNet-50 from a local state_dict file; ImageNet mean/std inside."""
     require_shape(config, in_channels=3, num_classes=1000)
-    path = resolve_path(config.checkpoint or IMAGENET_RESNET50_PATH, base_dir)
+    path = find_weights(config.checkpoint or IMAGENET_RESNET50_PATH, base_dir, RESNET50_SOURCE)
     raw = read_checkpoint(require_file(path, RESNET50_SOURCE), RESNET50_SOURCE)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a torchvision state_dict, got {type(raw).__name__}")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from utils.config import require
+from utils.paths import find_file, resolve_path  # noqa: F401  (resolve_path: re-exported)
 from utils.registry import Lazy, Registry
 
 CLASSIFIERS: Registry[nn.Module] = Registry("classifier", {
@@ -47,10 +48,9 @@ class ClassifierConfig:
                 f"classifier.in_channels must be >= 1, got {self.in_channels}")
 
 
-def resolve_path(path: str | Path, base_dir: Path) -> Path:
-    """`path` if absolute, else base_dir / path."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else Path(base_dir) / path
+def find_weights(path: str | Path, base_dir: Path, source: str) -> Path:
+    """The weights file `path` by the config path rule (utils.paths); one-line error naming every place and `source`."""
+    return find_file(path, base_dir, "classifier weights", source)
 
 
 def require_shape(config: ClassifierConfig, in_channels: int, num_classes: int) -> None:

@@ -5,8 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from classifiers.registry import (ClassifierConfig, load_state_dict, require_file, require_shape,
-                                  resolve_path)
+from classifiers.registry import (ClassifierConfig, find_weights, load_state_dict, require_shape, resolve_path)
 from classifiers.robustbench_zoo import load_robustbench
 from classifiers.wide_resnet import CIFAR10_MEAN, CIFAR10_STD, Normalized, wide_resnet
 from utils.config import require
@@ -36,7 +35,7 @@ def standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
 def wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """DiffPure's WRN-70-16 (dropout 0.3) with CIFAR-10 mean/std normalisation inside; 'module.' keys stripped."""
     require_shape(config, in_channels=3, num_classes=10)
-    path = require_file(resolve_path(config.checkpoint or WRN_70_16_DROPOUT_PATH, base_dir), WRN_70_16_SOURCE)
+    path = find_weights(config.checkpoint or WRN_70_16_DROPOUT_PATH, base_dir, WRN_70_16_SOURCE)
     net = wide_resnet(depth=70, widen_factor=16, drop_rate=0.3)
     net.load_state_dict(load_state_dict(path, strip_prefix="module."))
     return Normalized(net, CIFAR10_MEAN, CIFAR10_STD)
@@ -45,7 +44,7 @@ def wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
 def fmnist_wrn_16_2_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """The demo Fashion-MNIST WRN-16-2 (1 channel, 32x32), trained by training/train_classifier.py."""
     require_shape(config, in_channels=1, num_classes=10)
-    path = require_file(resolve_path(config.checkpoint or DEMO_CLASSIFIER_PATH, base_dir), DEMO_SOURCE)
+    path = find_weights(config.checkpoint or DEMO_CLASSIFIER_PATH, base_dir, DEMO_SOURCE)
     net = fmnist_wrn_16_2()
     net.load_state_dict(load_state_dict(path))
     return net
@@ -56,6 +55,6 @@ def tiny_wrn(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     net = wide_resnet(depth=10, widen_factor=1, in_channels=config.in_channels or 3,
                       num_classes=config.num_classes or 10, seed=config.seed)
     if config.checkpoint is not None:
-        path = require_file(resolve_path(config.checkpoint, base_dir), "save one with torch.save(model.state_dict())")
+        path = find_weights(config.checkpoint, base_dir, "save one with torch.save(model.state_dict())")
         net.load_state_dict(load_state_dict(path))
     return net

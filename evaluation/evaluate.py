@@ -9,7 +9,8 @@ CLEAN_NOISE): an image's record depends on the config and its dataset index, not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
 from utils.seeds import ATTACK_SEED_BITS, SeedStage, derive_seeds
 
+# progress hook of a batch: (attack key, iteration done, iterations), see utils.progress.Progress.step
+StageCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -138,45 +141,51 @@ def _scores(output: AttackOutput, b: int) -> dict[str, Any]:
 
 
 def run_attack(run: AttackRun, models: Models, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, seed: int,
-               evaluate_classifier: bool) -> dict[str, AttackOutput]:
+               evaluate_classifier: bool, on_step: Optional[StageCallback] = None) -> dict[str, AttackOutput]:
     """{'defended': output scored on the defended model, 'classifier': on the bare one (when asked)}."""
+    callback = None if on_step is None else partial(on_step, run.key)
     if run.spec.target == "classifier":
-        source = run.attack.run(models.classifier, x, y, indices, seed)
+        source = run.attack.run(models.classifier, x, y, indices, seed, callback)
         predictions, correct = score_samples(models.defended, source.x_adv, y, indices, seed,
                                              run.spec.config.eval_samples)
         outputs = {"defended": AttackOutput(source.x_adv, predictions, correct, source.flags)}
         return {**outputs, "classifier": source} if evaluate_classifier else outputs
-    outputs = {"defended": run.attack.run(models.defended, x, y, indices, seed)}
+    outputs = {"defended": run.attack.run(models.defended, x, y, indices, seed, callback)}
     if evaluate_classifier:
         outputs["classifier"] = run.attack.run(models.classifier, x, y, indices, seed)
     return outputs
 
 
 def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                   batch: Batch, eval_seed: int, evaluate_classifier: bool
+                   batch: Batch, eval_seed: int, evaluate_classifier: bool, on_step: Optional[StageCallback] = None
                    ) -> tuple[list[ImageRecord], dict[str, dict[str, AttackOutput]]]:
     """Records (one per image) of batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,),
-    and the attack outputs by attack key and model."""
+    and the attack outputs by attack key and model; on_step(key, i, n) after each attack iteration."""
     seed = attack_seed(eval_seed)
     noise_seeds = clean_noise_seeds(eval_seed, indices)
     for model in (models.defended, models.classifier):
         reseed_unseeded_noise(model, seed)
     clean = clean_outcomes(models, x, noise_seeds)
-    results = {run.key: run_attack(run, models, x, y, indices, seed, evaluate_classifier) for run in runs}
+    results = {run.key: run_attack(run, models, x, y, indices, seed, evaluate_classifier, on_step) for run in runs}
     return [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])], results
 
 
 @torch.no_grad()
 def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, eval_seed: int,
                    results: dict[str, dict[str, AttackOutput]], count: int) -> dict[str, Any]:
-    """The first `count` images: clean, purified clean, and per attack x_adv and purified x_adv (all in [0, 1])."""
+    """The first `count` images: clean, purified clean, and per attack x_adv and purified x_adv (all in [0, 1]),
+    each purified image with the classifier's prediction (count,)."""
     keep = slice(0, count)
     seeds = clean_noise_seeds(eval_seed, indices[keep]).to(x.device)
-    purify = models.defended.purifier
-    attacks = {key: {"x_adv": out["defended"].x_adv[keep].cpu(),
-                     "purified": purify(out["defended"].x_adv[keep], seeds).cpu()} for key, out in results.items()}
-    return {"x": x[keep].cpu(), "y": y[keep].cpu(), "indices": indices[keep].cpu(),
-            "purified": purify(x[keep], seeds).cpu(), "attacks": attacks}
+    purify, classify = models.defended.purifier, models.defended.classifier
+    attacks = {}
+    for key, out in results.items():
+        purified = purify(out["defended"].x_adv[keep], seeds)
+        attacks[key] = {"x_adv": out["defended"].x_adv[keep].cpu(), "purified": purified.cpu(),
+                        "predicted": classify(purified).argmax(dim=-1).cpu()}
+    clean = purify(x[keep], seeds)
+    return {"x": x[keep].cpu(), "y": y[keep].cpu(), "indices": indices[keep].cpu(), "purified": clean.cpu(),
+            "predicted": classify(clean).argmax(dim=-1).cpu(), "attacks": attacks}
 
 
 def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,

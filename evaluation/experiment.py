@@ -26,7 +26,7 @@ class EvalConfig:
 
     seed: int = 121
     adv_batch_size: int = 64
-    output_dir: str = "../results"
+    output_dir: str = "results"
     evaluate_classifier: bool = False
     save_examples: int = 0  # keep the first K images of batch 0 (clean, adversarial, purified) in examples.pt
     precision: Precision = "float32"  # utils/precision.py: 'float32' (TF32, autocast off) or 'tf32' (TF32 allowed)

@@ -27,6 +27,8 @@ from evaluation.summary import ALL_ATTACKS, attack_groups  # noqa: E402
 from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging  # noqa: E402
 from utils.config import ConfigError, read_yaml  # noqa: E402
 from utils.files import atomic_write, atomic_write_text  # noqa: E402
+from evaluation.labels import class_name, purifier_label  # noqa: E402
+from evaluation.reuse import reuse_text  # noqa: E402
 
 log = logging.getLogger("report")
 ORDER = ("none", "diffpure", "reverse_only", "coup", "aid")
@@ -86,20 +88,14 @@ def find_runs(results: Path, asked: dict[str, Any]) -> tuple[list[dict[str, Any]
     return runs, sorted(skipped)
 
 
-# purifier config fields shown in a run's label, in order, where the purifier has them
-LABEL_FIELDS = (("t_star", "t* {:g}"), ("dt", "dt {:g}"), ("def_step", "{} steps"), ("eps", "eps {:.4g}"))
-
-
 def defense_label(summary: dict[str, Any]) -> str:
-    """'coup (t* 0.1, dt 0.01, lambda 1, full grads)' style label of a run, from its purifier config."""
-    purifier = summary["config"]["purifier"]
-    name = summary["purifier"]
-    if name == "none":
-        return "none (classifier only)"
-    parts = [fmt.format(purifier[key]) for key, fmt in LABEL_FIELDS if key in purifier]
-    if purifier.get("guidance_scale"):
-        parts += [f"lambda {purifier['guidance_scale']:g}", f"{purifier['grad_mode']} grads"]
-    return f"{name} ({', '.join(parts)})"
+    """'coup (t* 0.1, dt 0.01, lambda 1, full grads, exact backend)' label of a run, from its purifier config."""
+    return purifier_label(summary["config"]["purifier"])
+
+
+def reused_text(run: dict[str, Any]) -> Optional[str]:
+    """How many of a run's rows come from earlier runs, when, and how to recompute (None: all computed fresh)."""
+    return reuse_text(run.get("rows", {}), run["dir"])
 
 
 def pct(entry: dict[str, Any]) -> str:
@@ -126,21 +122,33 @@ def table(runs: list[dict[str, Any]], title: Optional[str] = None, skipped: Sequ
     for run in runs:
         accuracy = run["accuracy"]["defended"]
         groups = attack_groups(accuracy)
-        cells = [defense_label(run), str(run["n"]), pct(accuracy["clean"])]
+        cells = [defense_label(run) + (" *" if reused_text(run) else ""), str(run["n"]), pct(accuracy["clean"])]
         cells += [pct(scores[r]) if r in scores else "-" for scores in (groups.get(k, {}) for k in keys) for r in rules]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Accuracy in %, 95 % Wilson CI in brackets. Attacks differentiate the whole defended model unless "
                  "marked 'crafted on the bare classifier' (transfer)"
                  + (f"; '{ALL_ATTACKS}' counts an image only if it survives every attack." if worst else "."))
+    lines += [f"* {defense_label(run)}: {reused_text(run)}." for run in runs if reused_text(run)]
     samples = sorted({a["eval_samples"] for run in runs for a in run["config"]["attacks"] if "eval_samples" in a})
     note = f"K = {'/'.join(map(str, samples))} purifications of each adversarial image." if samples else ""
     skips = ["", "Skipped runs (not the experiment asked for, or a repeated defense):", *(f"- {s}" for s in skipped)]
     return "\n".join(header + ["", *lines, *([note] if note else []), *(skips if skipped else [])]) + "\n"
 
 
+def image_caption(dataset: str, ex: dict[str, Any], key: str, i: int, column: int) -> str:
+    """Under image i: the true class under the clean image, the prediction under the purified adversarial one."""
+    if column == 0:
+        return f"true: {class_name(dataset, int(ex['y'][i]))}"
+    if column == 2 and "predicted" in ex["attacks"][key]:
+        predicted = int(ex["attacks"][key]["predicted"][i])
+        return f"pred: {class_name(dataset, predicted)}" + ("" if predicted == int(ex["y"][i]) else " (wrong)")
+    return ""
+
+
 def figure(runs: list[dict[str, Any]], out: Path, attack: Optional[str] = None) -> Optional[Path]:
-    """PNG: per defense a row of clean | adversarial | purified adversarial images (from examples.pt)."""
+    """PNG: per defense a row of clean | adversarial | purified adversarial images (from examples.pt), the clean image
+    labelled with its true class and the purified one with the defended model's prediction."""
     rows = [(run, torch.load(run["dir"] / "examples.pt", weights_only=True)) for run in runs
             if (run["dir"] / "examples.pt").is_file()]
     if not rows:
@@ -156,6 +164,7 @@ def figure(runs: list[dict[str, Any]], out: Path, attack: Optional[str] = None) 
                 ax = axes[r, 3 * i + j]
                 ax.imshow(batch[i].permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([]), ax.set_yticks([])
+                ax.set_xlabel(image_caption(run["config"]["data"]["name"], ex, key, i, j), fontsize=5)
                 if r == 0:
                     ax.set_title(f"{name}\n(image {int(ex['indices'][i])})" if j == 0 else name, fontsize=7)
         axes[r, 0].set_ylabel(defense_label(run).replace(" (", "\n("), fontsize=6, rotation=0, ha="right",

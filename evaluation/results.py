@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from utils.files import atomic_write_text, config_digest, file_sha256
+from evaluation.labels import run_slug
 from utils.provenance import code_version
 
 CONFIG_FILE = "config.yaml"
@@ -48,8 +49,8 @@ def config_hash(resolved: dict[str, Any]) -> str:
 
 
 def run_name(config_path: Path, resolved: dict[str, Any], digest: str) -> str:
-    """<config stem>_<purifier>_seed<eval.seed>_data<data_seed>_<short hash>: distinct settings never collide."""
-    return (f"{Path(config_path).stem}_{resolved['purifier']['name']}_seed{resolved['eval']['seed']}"
+    """<config stem>_<method, t*, dt, lambda, grads, backend, attacks>_seed<S>_data<D>_<short hash> (evaluation.labels)."""
+    return (f"{Path(config_path).stem}_{run_slug(resolved)}_seed{resolved['eval']['seed']}"
             f"_data{resolved['data']['data_seed']}_{digest[:HASH_LENGTH]}")
 
 

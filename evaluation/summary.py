@@ -11,8 +11,10 @@ from evaluation.evaluate import attack_keys
 from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
 from utils.files import atomic_write_text
+from evaluation.labels import defining_values
 from utils.precision import describe_numerics, precision_flags
 from utils.provenance import git_hash, package_versions
+from evaluation.reuse import reuse_text, row_origin
 from utils.stats import wilson_interval
 
 MODELS = ("defended", "classifier")
@@ -31,6 +33,7 @@ class RunInfo:
     config_hash: str
     attack_seed: int
     world_size: int
+    started_ns: int = 0  # when this process started; records written before it were reused from earlier runs
 
 
 def accuracy(hits: list[bool]) -> dict[str, Any]:
@@ -107,6 +110,7 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "accuracy": {model: model_accuracy(records, model, keys) for model in models},
         "classifier_clean": accuracy([r.clean["classifier"]["correct"] for r in records]),
         "autoattack_checks": check_flags(records, keys),
+        "rows": row_origin(records, info.started_ns),
         "purified_range": purified_range(records),
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
@@ -140,31 +144,21 @@ def flag_lines(summary: dict[str, Any]) -> list[str]:
     return raised or ["- all checks passed"]
 
 
-# the purifier fields that define a method's result, in the order summary.md names them
-SETTING_NAMES = (("t_star", "t*"), ("guidance_scale", "lambda"), ("dt", "dt"), ("forward_noise", "forward noise"),
-                 ("def_step", "steps"), ("eps", "eps"))
-
-
-def purifier_settings(purifier: dict[str, Any]) -> str:
-    """'t* 0.1, lambda 1, dt 0.01, forward noise False' from a resolved purifier config (fields it has)."""
-    return ", ".join(f"{label} {purifier[key]:g}" if isinstance(purifier[key], float) else f"{label} {purifier[key]}"
-                     for key, label in SETTING_NAMES if key in purifier) or "none"
-
-
 def render_markdown(summary: dict[str, Any]) -> str:
-    """summary.md: the accuracy table, then attacks, checks, purified range, seeds and versions."""
+    """summary.md: the defining values, the accuracy table, then attacks, checks, purified range, seeds and versions."""
     seeds, span = summary["seeds"], summary["purified_range"]
+    reused = reuse_text(summary["rows"], Path(summary["run"])) if "rows" in summary else None
     lines = [f"# {summary['run']}", "",
-             f"Config `{summary['config_file']}` (hash {summary['config_hash'][:12]}), purifier "
-             f"**{summary['purifier']}**, grad_mode {summary['grad_mode']}, backend {summary['backend']}, "
-             f"n = {summary['n']} images.", "",
-             f"Purifier settings: {purifier_settings(summary['config']['purifier'])}.", "",
+             f"Purifier **{summary['purifier']}**: {defining_values(summary['config']['purifier'])}; "
+             f"n = {summary['n']} images. Config `{summary['config_file']}` (hash {summary['config_hash'][:12]}).", "",
+             *([f"{reused}.", ""] if reused else []),
              "| model | attack | rule | accuracy (%) | 95 % CI (%) | correct / n |",
              "|---|---|---|---:|---|---:|", *accuracy_rows(summary), "",
              "Attacks:", *(f"- {key}: {text}" for key, text in summary["attacks"].items()),
              *([f"- {ALL_ATTACKS}: an image counts as robust only if it survives every attack above"]
                if len(summary["attacks"]) > 1 else []), "",
-             "AutoAttack sanity checks:", *flag_lines(summary), "",
+             "Sanity checks (AutoAttack's check functions as each attack runs them; each message once):",
+             *flag_lines(summary), "",
              f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
              f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "
              f"{100 * summary['classifier_clean']['accuracy']:.2f} %.", "",

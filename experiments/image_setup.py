@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -22,8 +23,10 @@ from utils.config import ConfigError, to_dict
 from utils.data import ImageSet, load_images
 from evaluation.experiment import Experiment, load_experiment
 from utils.cli import add_spine, command_overrides, dry_run_text, parse_assignments
+from utils.progress import Progress
 from utils.seeds import SeedStage, derive_seeds
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yml"
 
 
@@ -147,10 +150,17 @@ def make_attack(setup: ImageSetup, args: argparse.Namespace) -> tuple[Attack, di
 
 
 def attack_images(setup: ImageSetup, attack: Attack, model: nn.Module) -> list[AttackOutput]:
-    """Run the attack on every batch with the config's attack seed (eval.seed)."""
+    """Run the attack on every batch with the config's attack seed (eval.seed), showing progress (utils.progress)."""
     images, seed = setup.images, setup.experiment.file.eval.seed
-    return [attack.run(model, images.x[part], images.y[part], images.indices[part], seed)
-            for part in setup.batches()]
+    progress = Progress(len(images.indices), {attack.name: 1.0}, log)
+    outputs = []
+    for part in setup.batches():
+        progress.start_batch(part.stop - part.start)
+        outputs.append(attack.run(model, images.x[part], images.y[part], images.indices[part], seed,
+                                  functools.partial(progress.step, attack.name)))
+        progress.finish_batch()
+    progress.close()
+    return outputs
 
 
 def defense_seeds(seed: int, indices: torch.Tensor, key: int = 0) -> torch.Tensor:

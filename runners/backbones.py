@@ -11,6 +11,7 @@ from diffusion.sde import VPSDE
 from score_sde import NCSNppConfig, ScoreSDEBackbone, load_score_model
 from score_sde.analytic import GaussianBackbone
 from utils.config import from_dict, require
+from utils.paths import candidates, resolve_path
 from utils.registry import Registry
 
 
@@ -66,9 +67,15 @@ def parse_backbone_model(config: BackboneConfig) -> Any:
 
 
 def build_backbone(config: BackboneConfig, base_dir: Path):
-    """Load the backbone; its checkpoint path is resolved against base_dir (the config file's folder)."""
+    """Load the backbone; its checkpoint is found by the config path rule (utils.paths: config folder, then repo)."""
     spec = BACKBONES.get(config.name)
     require(config.checkpoint is not None or not spec.needs_checkpoint,
             f"backbone '{config.name}' needs backbone.checkpoint (a path relative to the config file)")
-    path = (base_dir / config.checkpoint) if config.checkpoint else None
-    return spec.build(parse_backbone_model(config), path, config.sde()).eval()
+    path = resolve_path(config.checkpoint, base_dir) if config.checkpoint else None
+    try:
+        return spec.build(parse_backbone_model(config), path, config.sde()).eval()
+    except FileNotFoundError as err:
+        if path is None or path.is_file():
+            raise
+        places = " and ".join(map(str, candidates(config.checkpoint, base_dir)))
+        raise FileNotFoundError(f"{err} (looked for {config.checkpoint} in {places})") from None

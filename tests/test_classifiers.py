@@ -117,8 +117,9 @@ def test_fmnist_wrn_16_2_loads_state_dict_files(tmp_path, wrapped):
 
 
 def test_fmnist_wrn_16_2_missing_file_says_how_to_train(tmp_path):
-    with pytest.raises(FileNotFoundError, match="training.train_classifier"):
-        build_classifier(ClassifierConfig(name="fmnist-wrn-16-2"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="training.train_classifier") as missing:
+        build_classifier(ClassifierConfig(name="fmnist-wrn-16-2", checkpoint="pretrained/absent.pt"), tmp_path)
+    assert f"{tmp_path}/pretrained/absent.pt and {REPO}/pretrained/absent.pt" in str(missing.value)
     with pytest.raises(ConfigError, match="1 channels"):
         build_classifier(ClassifierConfig(name="fmnist-wrn-16-2", in_channels=3), tmp_path)
 

@@ -252,12 +252,15 @@ def test_dry_run_prints_resolved_config_and_loads_nothing(tmp_path, monkeypatch,
     assert not any(tmp_path.iterdir())
 
 
-def test_bad_overrides_fail_with_one_line(caplog):
+def test_bad_overrides_fail_with_one_line(caplog, capsys):
     assert eval_sde_adv.main(["--config", str(TINY), "--dry-run", "--attack", "bpda_eot",
                               "--attack_version", "rand"]) == 2
     assert "--attack_version: no attack in the config has a 'version' setting" in caplog.text
-    assert eval_sde_adv.main(["--config", str(TINY), "--dry-run", "--purifier", "nope"]) == 2
-    assert "unknown purifier 'nope'" in caplog.text
+    with pytest.raises(SystemExit) as usage_error:
+        eval_sde_adv.main(["--config", str(TINY), "--dry-run", "--purifier", "nope"])
+    assert usage_error.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --purifier: invalid choice: 'nope' (choose from" in err and err.count("\n") == 1
     assert eval_sde_adv.main(["--config", str(TINY), "--dry-run", "--set", "attacks.1.target=both"]) == 2
     assert "attacks[1].target" in caplog.text
 
@@ -346,7 +349,7 @@ def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "defense" not in line]
     assert printed.startswith("Budget line\n") and (tmp_path / "out" / "table.md").read_text() == printed
     assert [row.split(" |")[0] for row in rows] == ["| none (classifier only)", "| coup (t* 0.01, dt 0.005, lambda 1, "
-                                                    "detached grads)"]
+                                                    "detached grads, exact backend)"]
     assert all(row.split(" | ")[1] == "2" for row in rows)  # n per row
     assert all(cell.count("[") == 1 for row in rows for cell in row.split(" | ")[2:])
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0
@@ -356,7 +359,7 @@ def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
     ("diffpure", {"t_star": 0.1, "dt": 0.01, "guidance_scale": 0.0, "grad_mode": "full"}, "diffpure (t* 0.1, dt 0.01)"),
     ("coup", {"t_star": 0.1, "dt": 0.01, "guidance_scale": 2.0, "grad_mode": "full"},
      "coup (t* 0.1, dt 0.01, lambda 2, full grads)"),
-    ("aid", {"def_step": 10, "eps": 8 / 255, "grad_mode": "exact"}, "aid (10 steps, eps 0.03137)"),
+    ("aid", {"def_step": 10, "eps": 8 / 255, "grad_mode": "exact"}, "aid (10 steps, eps 0.03137, exact grads)"),
 ])
 def test_report_labels_each_purifier_kind_from_its_own_fields(name, purifier, label):
     from evaluation import report

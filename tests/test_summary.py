@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from evaluation.summary import purifier_settings
+from evaluation.labels import defining_values
 from runners.purifiers import purify
 
 
 def test_summary_names_t_star_lambda_and_dt():
-    settings = purifier_settings({"name": "coup", "t_star": 0.1, "guidance_scale": 1.0, "dt": 0.01,
-                                  "forward_noise": False, "grad_mode": "full"})
-    assert settings == "t* 0.1, lambda 1, dt 0.01, forward noise False"
-    assert purifier_settings({"name": "none"}) == "none"
+    settings = defining_values({"name": "coup", "t_star": 0.1, "guidance_scale": 1.0, "dt": 0.01,
+                                "forward_noise": False, "grad_mode": "full"})
+    assert settings == "t* 0.1, lambda 1, dt 0.01, grad_mode full"
+    assert defining_values({"name": "none"}) == "no purifier"
 
 
 def test_purify_with_an_identity_solver_is_the_clamped_round_trip():

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import require
+from utils.paths import resolve_path
 from utils.registry import Lazy, Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -197,13 +198,12 @@ DEFAULT_ROOTS = {"fashion-mnist": DEBIAN_FASHION_MNIST}
 
 
 def dataset_root(config: DataConfig, base_dir: Path) -> Path:
-    """data_dir resolved against base_dir; by default the Debian directory (Fashion-MNIST IDX) or base_dir/data."""
+    """data_dir by the config path rule (utils.paths); by default the Debian directory (Fashion-MNIST IDX) or data/."""
     if config.data_dir is None:
         if config.source == "idx" and config.name in DEFAULT_ROOTS:
             return DEFAULT_ROOTS[config.name]
-        return Path(base_dir) / "data"
-    path = Path(config.data_dir).expanduser()
-    return path if path.is_absolute() else Path(base_dir) / path
+        return resolve_path("data", base_dir)
+    return resolve_path(config.data_dir, base_dir)
 
 
 def load_images(config: DataConfig, base_dir: Path | str = ".") -> ImageSet:

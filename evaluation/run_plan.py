@@ -1,0 +1,91 @@
+"""The size of an evaluation run before it starts: images, attacks, iterations x EOT, network passes, and a time
+estimate from timing one forward and one forward-backward pass of the defended model on (part of) the first batch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.common import seeded_call
+from evaluation.experiment import AttackSpec
+from utils.progress import format_duration
+
+AUTOATTACK_ITERATIONS = 100  # AutoAttack's APGD iterations when n_iter is left to the library
+SCORING_STAGE = "scoring"  # the progress stage of the clean and scoring forwards
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """Per image: `iterations` gradient steps of `eot` samples each, then `scoring` stochastic forwards."""
+
+    key: str
+    iterations: int
+    eot: int
+    scoring: int
+
+    @property
+    def gradient_passes(self) -> int:
+        """Forward-backward passes of the model per image."""
+        return self.iterations * self.eot
+
+    def text(self) -> str:
+        """'pgd_eot 8 x 2 EOT + 10 scoring forwards'."""
+        return f"{self.key} {self.iterations} x {self.eot} EOT + {self.scoring} scoring forwards"
+
+
+def attack_budget(key: str, spec: AttackSpec) -> AttackBudget:
+    """The budget of one attack from its config (PGD: iterations / eot_samples; AutoAttack: n_iter / eot_iter)."""
+    config = spec.config
+    iterations = getattr(config, "iterations", None) or getattr(config, "n_iter", None) or AUTOATTACK_ITERATIONS
+    eot = getattr(config, "eot_samples", None) or getattr(config, "eot_iter", None) or 1
+    return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)))
+
+
+def reverse_steps(purifier_config: object) -> int:
+    """Solver steps per purification, round((t_star - t_end) / dt), or 1 for a purifier without a time grid."""
+    t_star, dt = getattr(purifier_config, "t_star", None), getattr(purifier_config, "dt", None)
+    if t_star is None or dt is None:
+        return 1
+    return max(1, round((t_star - getattr(purifier_config, "t_end", 0.0)) / dt))
+
+
+def attack_weights(budgets: list[AttackBudget], gradient_cost: float = 3.0) -> dict[str, float]:
+    """Work per image in forward-pass units (a forward-backward pass counts `gradient_cost`): each attack's steps,
+    and SCORING_STAGE, the clean and scoring forwards, which no callback reports (they count when a batch ends)."""
+    return {**{b.key: gradient_cost * b.gradient_passes for b in budgets},
+            SCORING_STAGE: 1.0 + sum(b.scoring for b in budgets)}
+
+
+def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], steps: int) -> str:
+    """One line: images, attacks with iterations x EOT, and the network passes this run computes."""
+    gradient = sum(b.gradient_passes for b in budgets)
+    forward = 1 + sum(b.scoring for b in budgets)
+    attacks = "; ".join(b.text() for b in budgets) or "none"
+    return (f"run size: {n_images} images ({n_todo} to compute), {len(budgets)} attack(s): {attacks}; per image "
+            f"{gradient} forward-backward + {forward} forward passes of the defended model, {steps} solver step(s) "
+            f"each, so {n_todo * (gradient + forward) * steps} score-network evaluations in all")
+
+
+def seconds_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> tuple[float, float]:
+    """Wall time per image of one forward (no grad) and one forward-backward pass of `model` on x (B, C, H, W)."""
+    forward = seeded_call(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        forward(x, seeds)
+    middle = time.perf_counter()
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(forward(x_in, seeds), y), x_in)
+    end = time.perf_counter()
+    return (middle - start) / x.shape[0], (end - middle) / x.shape[0]
+
+
+def estimate_line(n_todo: int, budgets: list[AttackBudget], timing: tuple[float, float]) -> str:
+    """'estimated time: about 6 min 10 s (from timing the first images: 0.052 s per image forward, ...)'."""
+    forward, gradient = timing
+    per_image = forward * (1 + sum(b.scoring for b in budgets)) + gradient * sum(b.gradient_passes for b in budgets)
+    return (f"estimated time: about {format_duration(n_todo * per_image)} (from timing the first images: "
+            f"{forward:.3g} s per image forward, {gradient:.3g} s per image forward-backward)")
