@@ -5,6 +5,8 @@ import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from evaluation.results import ImageRecord
+
 # what --fresh removes from a run folder (config.yaml stays: it names the folder's config)
 RUN_OUTPUTS = ("results*.jsonl", "summary.json", "summary.md", "examples.pt")
 
@@ -14,9 +16,9 @@ def stamp(written_ns: int) -> str:
     return datetime.datetime.fromtimestamp(written_ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def row_origin(records: list[dict[str, Any]], started_ns: int) -> dict[str, Any]:
+def row_origin(records: list[ImageRecord], started_ns: int) -> dict[str, Any]:
     """{'reused': images written before `started_ns`, 'computed': the others, 'reused_from'/'reused_until': stamps}."""
-    earlier = [r["written_at"] for r in records if r["written_at"] < started_ns]
+    earlier = [r.written_at for r in records if r.written_at < started_ns]
     origin: dict[str, Any] = {"reused": len(earlier), "computed": len(records) - len(earlier)}
     if earlier:
         origin.update(reused_from=stamp(min(earlier)), reused_until=stamp(max(earlier)))
