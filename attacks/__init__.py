@@ -1,5 +1,6 @@
 """Attacks on defended models: run(model, x, y, indices, seed) -> AttackOutput; built by name from YAML."""
 from attacks import aid_joint, autoattack, pgd
+from attacks import apgd  # noqa: F401  (registers attack 'apgd_ce')
 from attacks.autoattack import AutoAttackConfig, AutoAttackEval
 from attacks.common import AttackOutput
 from attacks.pgd import BPDAEOT, PGDEOT, BPDAEOTConfig, PGDEOTConfig

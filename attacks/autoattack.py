@@ -58,7 +58,7 @@ class AutoAttackEval:
     config_class: type = AutoAttackConfig
 
     def __init__(self, config: Mapping[str, Any] | AutoAttackConfig | None = None) -> None:
-        self.config = from_dict(AutoAttackConfig, {} if config is None else config, f"attack ({self.name})")
+        self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
 
     def adversary(self, model: nn.Module, seed: int, device: torch.device) -> Any:
         """pyautoattack.AutoAttack with an explicit seed and version (no custom attack list), budgets as configured."""
