@@ -22,6 +22,7 @@ class BackboneConfig:
     beta_min: float = 0.1
     beta_max: float = 20.0
     num_scales: int = 1000
+    source: Optional[str] = None  # where to get the checkpoint (the missing-file message); None: the loader's own
 
     def __post_init__(self) -> None:
         require(0.0 < self.beta_min < self.beta_max, "backbone: need 0 < beta_min < beta_max")
@@ -68,4 +69,6 @@ def build_backbone(config: BackboneConfig, base_dir: Path):
     require(config.checkpoint is not None or not spec.needs_checkpoint,
             f"backbone '{config.name}' needs backbone.checkpoint (a path relative to the config file)")
     path = (base_dir / config.checkpoint) if config.checkpoint else None
+    if config.source is not None and path is not None and not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; {config.source}")
     return spec.build(parse_backbone_model(config), path, config.sde()).eval()
