@@ -3,6 +3,7 @@
 # PGD-EOT (configs/demo.yml), print one table and write results/demo/{table.md,examples.png}.
 #   bash run_demo.sh          # <= 10 minutes on 2 CPU cores
 #   bash run_demo.sh --full   # 256 images, PGD 10 x 1 EOT, plus COUP with detached attack gradients (see README for its runtime and numbers)
+#   bash run_demo.sh --lm     # the demo plus LM and COUP-LM (likelihood maximization) in the same table (finished runs are reused)
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
@@ -15,7 +16,11 @@ if [ "${1:-}" = "--full" ]; then
   OUT=results/demo_full
   ARGS=(--num_sub 256 --output_dir "$OUT" --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
 fi
-for purifier in none diffpure reverse_only coup; do
+PURIFIERS=(none diffpure reverse_only coup)
+if [ "${1:-}" = "--lm" ]; then
+  PURIFIERS+=(lm coup_lm)
+fi
+for purifier in "${PURIFIERS[@]}"; do
   "$PY" eval_sde_adv.py --config "$CONFIG" --purifier "$purifier" "${ARGS[@]}" > /dev/null
 done
 if [ "${1:-}" = "--full" ]; then  # COUP again with the guidance term hidden from the attack (as released)
@@ -23,6 +28,8 @@ if [ "${1:-}" = "--full" ]; then  # COUP again with the guidance term hidden fro
 fi
 if [ "${1:-}" = "--full" ]; then
   TITLE="Full demo: 256 images, 10 reverse steps (dt 0.01), PGD 10 x 1 EOT."
+elif [ "${1:-}" = "--lm" ]; then
+  TITLE="Demo budget with LM and COUP-LM (5 Adam steps, sigma in [0.4, 0.6]): 32 images, PGD 8 x 2 EOT."
 else
   TITLE="Demo budget: 32 images, 10 reverse steps (dt 0.01), PGD 8 x 2 EOT, chosen to finish in <= 10 min on 2 CPU cores."
 fi

@@ -12,6 +12,7 @@ from tests.test_eval import REPO, subprocess_env
 from training.train_score_model import ScoreTrainingFile
 from utils.config import from_dict, read_yaml
 from utils.experiment import load_experiment
+from utils.report import defense_label
 
 SCRIPTS = REPO / "run_scripts" / "cifar100"
 # script, extra args -> (purifier, lambda, attacks)
@@ -65,3 +66,11 @@ def test_cifar100_backbone_says_where_its_checkpoint_comes_from(tmp_path):
         build_backbone(BackboneConfig(name="score_sde", checkpoint="missing.pth"), tmp_path)
     training = from_dict(ScoreTrainingFile, read_yaml(REPO / "configs" / "train" / "score_cifar100.yml"))
     assert (training.data.name, training.model.num_res_blocks) == ("cifar100", backbone.model["num_res_blocks"])
+
+
+def test_report_labels_name_the_lm_steps_and_lambda():
+    purifier = {"name": "coup_lm", "steps": 5, "lr": 0.1, "guidance_scale": 1.0, "grad_mode": "full"}
+    assert defense_label({"purifier": "coup_lm", "config": {"purifier": purifier}}) == \
+        "coup_lm (5 steps, lr 0.1, lambda 1, full grads)"
+    unguided = {**purifier, "name": "lm", "guidance_scale": 0.0}
+    assert defense_label({"purifier": "lm", "config": {"purifier": unguided}}) == "lm (5 steps, lr 0.1)"

@@ -39,7 +39,8 @@ def find_runs(results: Path, config: Path) -> list[dict[str, Any]]:
 
 
 # purifier config fields shown in a run's label, in order, where the purifier has them
-LABEL_FIELDS = (("t_star", "t* {:g}"), ("dt", "dt {:g}"), ("def_step", "{} steps"), ("eps", "eps {:.4g}"))
+LABEL_FIELDS = (("t_star", "t* {:g}"), ("dt", "dt {:g}"), ("def_step", "{} steps"), ("eps", "eps {:.4g}"),
+                ("steps", "{} steps"), ("lr", "lr {:g}"))
 
 
 def defense_label(summary: dict[str, Any]) -> str:
