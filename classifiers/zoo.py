@@ -25,10 +25,10 @@ STANDARD_SOURCE = ("it is RobustBench's model zoo entry 'Standard' (CIFAR-10, Li
 WRN_70_16_SOURCE = ("it is DiffPure's CIFAR-10 WRN-70-16-dropout (NVlabs/DiffPure README, 'Data and pre-trained "
                     "models'); download it and place it at that path or set classifier.checkpoint")
 DEMO_SOURCE = f"train it with: {DEMO_TRAIN_COMMAND}"
-CIFAR100_WRN_SOURCE = ("get it from the authors of the experiment you reproduce (the COUP release publishes no CIFAR-100 "
-                       "classifier) or train one (standard training, CIFAR-100 mean/std normalisation, RobustBench's "
-                       "WideResNet layout; training/ trains only the demo models) and save its state_dict there or set "
-                       "classifier.checkpoint")
+CIFAR100_WRN_SOURCE = ("get it from the authors of the experiment you reproduce (the COUP release publishes no "
+                       "CIFAR-100 classifier) or train one (standard training, CIFAR-100 mean/std normalisation, "
+                       "RobustBench's WideResNet layout; training/ trains only the demo models) and save its "
+                       "state_dict there or set classifier.checkpoint")
 
 
 def fmnist_wrn_16_2(seed: int | None = None, num_classes: int = 10) -> nn.Module:
@@ -62,7 +62,7 @@ def _wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
 
 @CLASSIFIERS.register("cifar100-wrn-28-10")
 def _cifar100_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
-    """A standard CIFAR-100 WRN-28-10 (COUP Sec. 5.2.1) with CIFAR-100 mean/std normalisation inside; 'module.' stripped."""
+    """A standard CIFAR-100 WRN-28-10 (COUP Sec. 5.2.1), CIFAR-100 mean/std normalisation inside; 'module.' stripped."""
     require_shape(config, in_channels=3, num_classes=100)
     path = require_file(resolve_path(config.checkpoint or CIFAR100_WRN_28_10_PATH, base_dir), CIFAR100_WRN_SOURCE)
     net = wide_resnet(depth=28, widen_factor=10, num_classes=100)

@@ -1,9 +1,9 @@
-"""Likelihood maximization (LM) of Chen et al. 2024 ("Robust Classification via a Single Diffusion Model", Sec. 3.3)
+"""Likelihood maximization (LM) of Chen et al. 2024 ("Robust Classification via a Single Diffusion Model", arXiv 2305.15241)
 and COUP-LM (Zhang et al. 2024, COUP Sec. 5.2.1): gradient steps on the input that lower the diffusion loss, the
 latter with COUP's classifier-confidence guidance added to every step.
 
 LM objective of one image x in [-1, 1] (Chen et al.'s diffusion loss, in EDM noise levels sigma = sigma_t / alpha_t):
-    J(x) = E_{sigma ~ U[sigma_min, sigma_max], eps ~ N(0, I)} [ sigma^2 || eps_theta(alpha_t x + sigma_t eps, t) - eps ||^2 ]
+    J(x) = E_{sigma ~ U[sigma_min, sigma_max], eps ~ N(0, I)} sigma^2 ||eps_theta(alpha_t x + sigma_t eps, t) - eps||^2
 with t the VP time of sigma (alpha_t^2 = 1 / (1 + sigma^2)); w(t) = sigma^2 makes J the denoiser loss
 || D(x + sigma eps, sigma) - x ||^2 that the authors' release minimises, summed over pixels. One Monte-Carlo sample
 per row and step by default. COUP-LM descends J(x) - lambda log p(yhat | x) (COUP eq. 7 in likelihood form).
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -144,9 +143,9 @@ def project(x: torch.Tensor, x0: torch.Tensor, radius: float, norm: BallNorm) ->
 
 
 class LikelihoodMaximizationPurifier(Purifier):
-    """x_{k+1} = Proj_{B(x_0)}(x_k + Update_k(grad_x [J(x_k) - lambda log p(yhat | x_k)])), k < N, on 2x - 1; output clamped.
+    """x_{k+1} = Proj_{B(x_0)}(x_k + Update_k(grad_x [J(x_k) - lambda log p(yhat | x_k)])), k < N, on x_0 = 2x - 1.
 
-    The noise of row b comes from its own seed (noise_seeds[b]), so outputs do not depend on the batch.
+    The output (x_N + 1) / 2 is clamped to [0, 1]. The noise of row b comes from its own seed (noise_seeds[b]), so outputs do not depend on the batch.
     """
 
     def __init__(self, backbone: VPBackbone, config: LMConfig, classifier: Optional[nn.Module] = None) -> None:

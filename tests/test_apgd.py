@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import attacks.apgd as apgd_module
 from attacks import build_attack
