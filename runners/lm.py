@@ -1,4 +1,4 @@
-"""Likelihood maximization (LM) of Chen et al. 2024 ("Robust Classification via a Single Diffusion Model", arXiv 2305.15241)
+"""Likelihood maximization (LM) of Chen et al. ("Robust Classification via a Single Diffusion Model", arXiv 2305.15241)
 and COUP-LM (Zhang et al. 2024, COUP Sec. 5.2.1): gradient steps on the input that lower the diffusion loss, the
 latter with COUP's classifier-confidence guidance added to every step.
 
@@ -145,7 +145,8 @@ def project(x: torch.Tensor, x0: torch.Tensor, radius: float, norm: BallNorm) ->
 class LikelihoodMaximizationPurifier(Purifier):
     """x_{k+1} = Proj_{B(x_0)}(x_k + Update_k(grad_x [J(x_k) - lambda log p(yhat | x_k)])), k < N, on x_0 = 2x - 1.
 
-    The output (x_N + 1) / 2 is clamped to [0, 1]. The noise of row b comes from its own seed (noise_seeds[b]), so outputs do not depend on the batch.
+    The output (x_N + 1) / 2 is clamped to [0, 1]. The noise of row b comes from its own seed (noise_seeds[b]),
+    so outputs do not depend on the batch.
     """
 
     def __init__(self, backbone: VPBackbone, config: LMConfig, classifier: Optional[nn.Module] = None) -> None:
