@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from guided_diffusion import GuidedDiffusionBackbone, UNetConfig, load_unet
 from guided_diffusion.schedules import IMPROVED_CIFAR10_SCHEDULE, DiscreteSchedule
 from runners.defended import PURIFIERS, parse_purifier_config
-from runners.lm import LikelihoodMaximizationPurifier, LMConfig, diffusion_loss, sigma_to_time
+from runners.lm import LikelihoodMaximizationPurifier, LMConfig, adam_update, diffusion_loss, sigma_to_time
 from score_sde import ScoreSDEBackbone, VPSDE, load_score_model
 from tests.test_ncsnpp import tiny_config as tiny_ncsnpp_config
 from tests.toys import TinyClassifier, gaussian_backbone
@@ -65,6 +65,20 @@ def test_point_mass_objective_is_the_squared_distance_and_gradient_descent_contr
     assert torch.allclose(loss, (x - MU).flatten(1).pow(2).sum(1), rtol=1e-10, atol=0)
     out = _lm(sigma0=0.0, optimizer="sgd", lr=0.1, steps=3)(x01, torch.tensor([1, 2, 3]))
     assert torch.allclose(2 * out - 1, MU + 0.8**3 * (x - MU), rtol=0, atol=1e-12)
+
+
+def test_differentiable_adam_matches_torch_optim_adam():
+    target = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_ref = torch.zeros(3, 5, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([x_ref], lr=0.1)
+    x, state = torch.zeros(3, 5, dtype=torch.float64), ()
+    for k in range(1, 6):
+        optimizer.zero_grad()
+        ((x_ref - target) ** 4).sum().backward()
+        optimizer.step()
+        delta, state = adam_update(4 * (x - target) ** 3, state, k, 0.1)
+        x = x + delta
+        assert torch.allclose(x, x_ref.detach(), rtol=0, atol=1e-7)
 
 
 def test_adam_lm_moves_every_pixel_towards_the_data_mean_by_the_learning_rate():
