@@ -57,7 +57,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     t_group.add_argument("--t", type=int, help="diffusion steps out of 1000 as in the papers (100 -> t_star 0.1)")
     t_group.add_argument("--t_star", type=float, help="purifier.t_star in (0, 1]")
     p.add_argument("--guidance_scale", type=float, help="purifier.guidance_scale (lambda)")
-    p.add_argument("--purifier", help="switch the method: coup | reverse_only | diffpure | none | aid")
+    p.add_argument("--purifier", help="switch the method: coup | reverse_only | diffpure | none | aid | lm | coup_lm")
     p.add_argument("--grad_mode", help="purifier.grad_mode")
     p.add_argument("--backend", help="purifier.backend: exact | torchsde")
     p.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()),
