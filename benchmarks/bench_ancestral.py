@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from classifiers.attribute import AttributeClassifier, AttributeNet, AttributeNetShape  # noqa: E402
 from ddpm import CELEBAHQ_DDPM, DDPMConfig, DDPMUNet, DDPMUNetConfig, load_ddpm_backbone  # noqa: E402
 from runners.ancestral import AncestralConfig, AncestralPurifier  # noqa: E402
-from score_sde import VPSDE  # noqa: E402
+from diffusion.sde import VPSDE  # noqa: E402
 from utils.config import from_dict, read_yaml  # noqa: E402
 
 TINY = ROOT / "tests" / "data" / "ddpm_celebahq_tiny"

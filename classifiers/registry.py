@@ -21,6 +21,7 @@ CLASSIFIERS: Registry[nn.Module] = Registry("classifier", {
     "cohen-imagenet-resnet50": Lazy("classifiers.cohen", "cohen_imagenet_resnet50"),
     "timm-beit": Lazy("classifiers.cohen", "timm_beit_classifier"),
     "imagenet-resnet50": Lazy("classifiers.cohen", "imagenet_resnet50"),
+    "cifar100-wrn-28-10": Lazy("classifiers.zoo", "cifar100_wrn_28_10"),
     "robustbench": Lazy("classifiers.robustbench_zoo", "robustbench_classifier"),
     "celebahq__Eyeglasses": Lazy("classifiers.attribute", "celebahq_eyeglasses"),
     "celebahq__Smiling": Lazy("classifiers.attribute", "celebahq_smiling"),

@@ -12,11 +12,18 @@ from utils.config import require
 
 WRN_70_16_DROPOUT_PATH = "pretrained/cifar10/wrn-70-16-dropout/weights.pt"
 DEMO_CLASSIFIER_PATH = "pretrained/demo/classifier_wrn16_2.pt"
+CIFAR100_WRN_28_10_PATH = "pretrained/cifar100/wrn-28-10/weights.pt"
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 DEMO_TRAIN_COMMAND = "python -m training.train_classifier --config configs/train/classifier_fmnist.yml"
 
 WRN_70_16_SOURCE = ("it is DiffPure's CIFAR-10 WRN-70-16-dropout (NVlabs/DiffPure README, 'Data and pre-trained "
                     "models'); download it and place it at that path or set classifier.checkpoint")
 DEMO_SOURCE = f"train it with: {DEMO_TRAIN_COMMAND}"
+CIFAR100_WRN_SOURCE = ("get it from the authors of the experiment you reproduce (the COUP release publishes no "
+                       "CIFAR-100 classifier) or train one (standard training, CIFAR-100 mean/std normalisation, "
+                       "RobustBench's WideResNet layout; training/ trains only the demo models) and save its "
+                       "state_dict there or set classifier.checkpoint")
 
 
 def fmnist_wrn_16_2(seed: int | None = None, num_classes: int = 10) -> nn.Module:
@@ -39,6 +46,15 @@ def wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     net = wide_resnet(depth=70, widen_factor=16, drop_rate=0.3)
     net.load_state_dict(load_state_dict(path, strip_prefix="module."))
     return Normalized(net, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def cifar100_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
+    """A standard CIFAR-100 WRN-28-10 (COUP Sec. 5.2.1), CIFAR-100 mean/std normalisation inside; 'module.' stripped."""
+    require_shape(config, in_channels=3, num_classes=100)
+    path = find_weights(config.checkpoint or CIFAR100_WRN_28_10_PATH, base_dir, CIFAR100_WRN_SOURCE)
+    net = wide_resnet(depth=28, widen_factor=10, num_classes=100)
+    net.load_state_dict(load_state_dict(path, strip_prefix="module."))
+    return Normalized(net, CIFAR100_MEAN, CIFAR100_STD)
 
 
 def fmnist_wrn_16_2_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:

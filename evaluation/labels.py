@@ -6,7 +6,7 @@ from typing import Any
 
 # purifier fields shown where the purifier has them: (key, long format, short format for folder names)
 PURIFIER_FIELDS = (("t_star", "t* {:g}", "t{:g}"), ("dt", "dt {:g}", "dt{:g}"), ("def_step", "{} steps", "{}steps"),
-                   ("eps", "eps {:.4g}", "eps{:.4g}"))
+                   ("eps", "eps {:.4g}", "eps{:.4g}"), ("steps", "{} steps", "{}steps"), ("lr", "lr {:g}", "lr{:g}"))
 # shown unless the purifier has guidance turned off (lambda 0: nothing for the gradient mode to choose)
 GUIDANCE_FIELDS = (("guidance_scale", "lambda {:g}", "lam{:g}"), ("grad_mode", "{} grads", "{}"))
 BACKEND_FIELD = ("backend", "{} backend", "{}")
@@ -51,7 +51,8 @@ def run_slug(resolved: dict[str, Any]) -> str:
 
 # the values that define a purifier, in the order summary.md states them
 DEFINING_FIELDS = (("t_star", "t* {:g}"), ("guidance_scale", "lambda {:g}"), ("dt", "dt {:g}"),
-                   ("def_step", "{} steps"), ("eps", "eps {:.4g}"), ("grad_mode", "grad_mode {}"),
+                   ("def_step", "{} steps"), ("eps", "eps {:.4g}"), ("steps", "{} steps"), ("lr", "lr {:g}"),
+                   ("grad_mode", "grad_mode {}"),
                    ("backend", "backend {}"))
 
 

@@ -25,6 +25,7 @@ class BackboneConfig:
     beta_min: float = 0.1
     beta_max: float = 20.0
     num_scales: int = 1000
+    source: Optional[str] = None  # where to get the checkpoint (the missing-file message); None: the loader's own
 
     def __post_init__(self) -> None:
         require(0.0 < self.beta_min < self.beta_max, "backbone: need 0 < beta_min < beta_max")
@@ -78,4 +79,5 @@ def build_backbone(config: BackboneConfig, base_dir: Path):
         if path is None or path.is_file():
             raise
         places = " and ".join(map(str, candidates(config.checkpoint, base_dir)))
-        raise FileNotFoundError(f"{err} (looked for {config.checkpoint} in {places})") from None
+        source = f"; {config.source}" if config.source is not None else ""
+        raise FileNotFoundError(f"{err} (looked for {config.checkpoint} in {places}){source}") from None

@@ -56,6 +56,8 @@ PURIFIERS: Registry[PurifierSpec] = Registry("purifier", {
     **{name: DIFFUSION_PURIFIER for name in PRESETS},
     "aid": Lazy("runners.aid", "AID_PURIFIER"),
     "diffpure_ddpm": Lazy("runners.ancestral", "ANCESTRAL_PURIFIER"),
+    "lm": Lazy("runners.lm", "LM_PURIFIER"),
+    "coup_lm": Lazy("runners.lm", "LM_PURIFIER"),
 })
 
 

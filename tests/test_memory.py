@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from runners.purifiers import DiffusionPurifier, PurifierConfig  # noqa: E402
-from score_sde.adapter import VPBackbone  # noqa: E402
+from diffusion.backbone import VPBackbone  # noqa: E402
 from diffusion.sde import VPSDE  # noqa: E402
 
 BATCH, WIDTH, SHAPE = 8, 1024, (1, 8, 8)

@@ -195,7 +195,7 @@ def test_defended_classifier_and_eot_are_plain_logits_models():
 
 
 def test_unknown_purifier_lists_valid_names():
-    with pytest.raises(KeyError, match="valid names: .*coup, diffpure, .*none, reverse_only") as info:
+    with pytest.raises(KeyError, match="valid names: .*coup, .*diffpure, .*none, reverse_only") as info:
         parse_purifier_config({"name": "diffpur"})
     assert "unknown purifier 'diffpur'" in str(info.value)
     with pytest.raises(ConfigError, match="unknown key"):
