@@ -23,6 +23,7 @@ import yaml
 
 from utils.files import atomic_write_text, config_digest, file_sha256
 from evaluation.labels import run_slug
+from utils.paths import resolve_path
 from utils.provenance import code_version
 
 CONFIG_FILE = "config.yaml"
@@ -55,15 +56,14 @@ def run_name(config_path: Path, resolved: dict[str, Any], digest: str) -> str:
 
 
 def checkpoint_paths(resolved: Mapping[str, Any], base_dir: Path) -> list[Path]:
-    """Every existing file the config names under a 'checkpoint' key (any section), resolved against base_dir."""
+    """Every existing file the config names under a 'checkpoint' key (any section), by the config path rule."""
     found: set[Path] = set()
 
     def walk(node: Any) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
             if key == "checkpoint" and isinstance(value, str):
-                path = Path(value).expanduser()
-                found.add((path if path.is_absolute() else Path(base_dir) / path).resolve())
+                found.add(resolve_path(value, Path(base_dir)).resolve())
             else:
                 walk(value)
 

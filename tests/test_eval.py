@@ -179,21 +179,21 @@ def test_records_carry_noise_dependent_continuous_values(reference):
     """The resume / sharding comparisons see the purification noise: the purified sum differs between images and
     is reproduced by purifying with the record's own clean-noise seed."""
     records = read_records(reference)
-    assert len({r["purified_sum"] for r in records.values()}) == len(records)
+    assert len({r.purified_sum for r in records.values()}) == len(records)
     experiment = load_experiment(TINY, {"data.num_sub": 6})
     images = load_images(experiment.file.data, experiment.base_dir)
     defended, _ = build_models(experiment)
     first = records[int(images.indices[0])]
-    seeds = torch.tensor([first["seeds"]["clean_noise"], first["seeds"]["clean_noise"] + 1])
+    seeds = torch.tensor([first.seeds["clean_noise"], first.seeds["clean_noise"] + 1])
     with torch.no_grad():
         purified = defended.purifier(images.x[:1].expand(2, -1, -1, -1), seeds)
         logits = defended.classifier(purified[:1])[0]
-    assert float(purified[0].double().sum()) == pytest.approx(first["purified_sum"], rel=1e-6)
-    assert float(purified[1].double().sum()) != pytest.approx(first["purified_sum"], rel=1e-6)
-    label = first["label"]
+    assert float(purified[0].double().sum()) == pytest.approx(first.purified_sum, rel=1e-6)
+    assert float(purified[1].double().sum()) != pytest.approx(first.purified_sum, rel=1e-6)
+    label = first.label
     margin = float(logits[label] - torch.cat([logits[:label], logits[label + 1:]]).max())
-    assert margin == pytest.approx(first["clean_margin"], rel=1e-5, abs=1e-6)
-    assert (margin > 0) == first["clean"]["defended"]["correct"]
+    assert margin == pytest.approx(first.clean_margin, rel=1e-5, abs=1e-6)
+    assert (margin > 0) == first.clean["defended"]["correct"]
 
 
 def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
@@ -207,7 +207,7 @@ def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
     (run_dir / "results.jsonl").write_text("".join(json.dumps({**r, "written_at": 1}) + "\n" for r in kept + half))
     assert eval_sde_adv.main([*RESUME_ARGS, "--output_dir", str(tmp_path)]) == 0
     records = read_records(run_dir)
-    assert {i for i, r in records.items() if r["written_at"] == 1} == {r["index"] for r in kept}
+    assert {i for i, r in records.items() if r.written_at == 1} == {r["index"] for r in kept}
     assert lines_per_index(run_dir)[half[0]["index"]] == 2 and sum(lines_per_index(run_dir).values()) == 7
     assert outcomes(run_dir) == outcomes(reference)
 
@@ -217,8 +217,8 @@ def test_batch_size_changes_no_clean_record(reference, tmp_path):
     args = [*RESUME_ARGS, "--output_dir", str(tmp_path), "--adv_batch_size", "3"]
     assert eval_sde_adv.main(args) == 0
 
-    def clean(records: dict[int, dict]) -> dict[int, tuple]:
-        return {i: (r["clean"], r["purified_sum"], r["clean_margin"], r["purified_range"]) for i, r in records.items()}
+    def clean(records: dict[int, ImageRecord]) -> dict[int, tuple]:
+        return {i: (r.clean, r.purified_sum, r.clean_margin, r.purified_range) for i, r in records.items()}
 
     assert clean(read_records(run_dir_of(tmp_path))) == clean(read_records(reference))
 

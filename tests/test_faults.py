@@ -18,6 +18,7 @@ import yaml
 import certify_diffsmooth
 import eval_sde_adv
 from evaluation import evaluate, report, results
+from utils.paths import resolve_path
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
@@ -28,7 +29,7 @@ FAST = ["--attack", "pgd_eot", "--num_sub", "2", "--set", "attacks.*.iterations=
 def tiny_copy(tmp_path: Path, **sections) -> Path:
     """configs/tiny.yml copied into tmp_path with absolute paths, its checkpoint copied too, sections replaced."""
     raw = yaml.safe_load(TINY.read_text())
-    shutil.copy(TINY.parent / raw["backbone"]["checkpoint"], tmp_path / "score.pth")
+    shutil.copy(resolve_path(raw["backbone"]["checkpoint"], TINY.parent), tmp_path / "score.pth")
     raw["backbone"]["checkpoint"] = str(tmp_path / "score.pth")
     for name, value in sections.items():
         raw[name] = {**raw.get(name, {}), **value} if isinstance(value, dict) else value
@@ -62,8 +63,8 @@ def run_eval(tmp_path: Path, *args: str, config: Path = TINY) -> tuple[int, Path
     (["--guidance_scale", "-1"], "anti-guidance"),
     (["--adv_eps", "8"], "(0, 1]"),
     (["--set", "purifier.nope=1"], "nope"),
-    (["--purifier", "nope"], "unknown purifier 'nope'"),
-    (["--attack", "nope"], "unknown attack 'nope'"),
+    (["--set", "purifier.name=nope"], "unknown purifier 'nope'"),
+    (["--set", "attacks.0.name=nope"], "unknown attack 'nope'"),
     (["--set", "purifier.dt"], "expected KEY=VALUE"),
     (["--set", "purifier.dt=[1,"], "not valid YAML"),
     (["--set", "eval.adv_batch_size=abc"], "adv_batch_size"),
@@ -77,6 +78,15 @@ def run_eval(tmp_path: Path, *args: str, config: Path = TINY) -> tuple[int, Path
 ])
 def test_eval_refuses_bad_settings_with_one_line(tmp_path, caplog, args, needle):
     assert needle in refused(caplog, *run_eval(tmp_path, *args))
+
+
+@pytest.mark.parametrize("option", ["--purifier", "--attack", "--grad_mode", "--backend"])
+def test_eval_refuses_an_unknown_choice_with_one_usage_line(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval(tmp_path, option, "nope")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'nope'" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -171,8 +181,8 @@ def first_run_dir(out: Path) -> Path:
 @pytest.mark.parametrize("bad_line, needle", [
     ('{"index": 3, "mood": "foreign"}', "not a result line of this program"),
     ("\x00\x01 binary junk", "not a JSON result line"),
-    ('{"index": "x", "batch": 0, "label": 1, "seeds": {}, "clean": {}, "purified_range": [0, 1], "attacks": {}, '
-     '"written_at": 0}', "malformed result line"),
+    ('{"index": "x", "batch": 0, "label": 1, "seeds": {}, "clean": {}, "purified_range": [0, 1], "purified_sum": 0, '
+     '"clean_margin": 0, "attacks": {}, "written_at": 0}', "malformed result line"),
 ])
 def test_foreign_or_damaged_result_lines_are_refused_naming_file_and_line(tmp_path, caplog, bad_line, needle):
     args = ["--config", str(TINY), *FAST, "--output_dir", str(tmp_path / "out")]
@@ -304,7 +314,7 @@ def certify_config(tmp_path: Path, **changes) -> Path:
     source = REPO / "configs" / "diffsmooth" / "fmnist_demo.yml"
     raw = yaml.safe_load(source.read_text())
     for section in ("backbone", "classifier"):
-        raw[section]["checkpoint"] = str((source.parent / raw[section]["checkpoint"]).resolve())
+        raw[section]["checkpoint"] = str(resolve_path(raw[section]["checkpoint"], source.parent).resolve())
     raw["run"]["output_dir"] = str(tmp_path / "out")
     for name, value in changes.items():
         raw[name] = {**raw[name], **value}

@@ -17,12 +17,15 @@ import torch
 
 import eval_sde_adv
 from attacks.pgd import PGDEOT
+from attacks.registry import ATTACKS
+from runners.defended import PURIFIERS
 from utils.config import ConfigError
 from evaluation.labels import attack_slug, class_name, defining_values, purifier_label, run_slug
 from utils.paths import REPO_ROOT, candidates, find_file, output_folder, resolve_path
 from utils.progress import Progress, format_duration
 from evaluation import report
 from evaluation.report import image_caption
+from evaluation.results import ImageRecord
 from evaluation.reuse import reuse_text, row_origin
 from evaluation.run_plan import AttackBudget, attack_weights
 
@@ -129,8 +132,8 @@ def test_help_lists_every_choice_and_default(capsys):
     with pytest.raises(SystemExit):
         eval_sde_adv.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for choices in ("{detached,full,exact,create_graph,bpda}", "{exact,torchsde}",
-                    "{aid,coup,diffpure,none,reverse_only}", "{autoattack,bpda_eot,pgd_aid_joint,pgd_eot}",
+    purifiers, attacks = "{" + ",".join(PURIFIERS.names()) + "}", "{" + ",".join(ATTACKS.names()) + "}"
+    for choices in ("{detached,full,exact,create_graph,bpda}", "{exact,torchsde}", purifiers, attacks,
                     "{standard,rand}", "{Linf,L2}"):
         assert choices in text
     assert "(default: from the config)" in text and "(default: 30.0)" in text
@@ -231,7 +234,8 @@ def test_labels_carry_the_defining_values():
 
 def test_reuse_text_names_rows_times_and_how_to_recompute():
     started = 1_800_000_000 * 10**9
-    records = [{"written_at": started - 60 * 10**9}, {"written_at": started - 10**9}, {"written_at": started + 1}]
+    records = [ImageRecord(0, 0, 0, {}, {}, (0.0, 1.0), 0.0, 0.0, {}, written_at=t)
+               for t in (started - 60 * 10**9, started - 10**9, started + 1)]
     origin = row_origin(records, started)
     assert origin["reused"] == 2 and origin["computed"] == 1
     assert reuse_text(origin, Path("results/x")) == ("2 of 3 images reused from earlier runs (written 2027-01-15 "
