@@ -1,7 +1,6 @@
 """Every YAML file under configs/ loads through its own entry point's --dry-run (validated, nothing built)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -10,9 +9,8 @@ import yaml
 
 import certify_diffsmooth
 import eval_sde_adv
-from training import train_aid, train_classifier
-from training.train_score_model import ScoreTrainingFile
-from utils.config import from_dict, read_yaml, to_dict
+from training import train_aid, train_classifier, train_score_model
+from utils.config import read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yml"))
@@ -25,35 +23,28 @@ def eval_dry_run(path: Path, capsys, caplog) -> dict:
 
 
 def certify_dry_run(path: Path, capsys, caplog) -> dict:
-    """certify_diffsmooth.py --dry-run: the logged resolved config."""
-    with caplog.at_level(logging.INFO):
-        assert certify_diffsmooth.main(["--config", str(path), "--dry-run"]) is None
-    text = caplog.text.split("resolved config:\n", 1)[1].split("output -> ", 1)[0]
-    return yaml.safe_load(text)
+    """certify_diffsmooth.py --dry-run: the printed resolved config (utils.cli.dry_run_text)."""
+    assert certify_diffsmooth.main(["--config", str(path), "--dry-run"]) is None
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def training_dry_run(main: Callable) -> Callable[[Path, object, object], dict]:
-    """A training script's --dry-run: the logged resolved config."""
+    """A training script's --dry-run: the printed resolved config (utils.cli.dry_run_text)."""
     def run(path: Path, capsys, caplog) -> dict:
-        with caplog.at_level(logging.INFO):
-            main(["--config", str(path), "--dry-run"])
-        return yaml.safe_load(caplog.text.split("resolved config:\n", 1)[1].split("weights -> ", 1)[0])
+        assert main(["--config", str(path), "--dry-run"]) == 0
+        return yaml.safe_load(capsys.readouterr().out)
 
     return run
-
-
-def score_training_load(path: Path, capsys, caplog) -> dict:
-    """train_score_model has no --dry-run: the same from_dict validation its main() runs before training."""
-    return to_dict(from_dict(ScoreTrainingFile, read_yaml(path), str(path)))
 
 
 # the entry point of each config family, by folder and file-name prefix
 LOADERS: dict[tuple[str, str], Callable] = {
     ("configs", ""): eval_dry_run,
+    ("configs/robustbench", ""): eval_dry_run,
     ("configs/diffsmooth", ""): certify_dry_run,
     ("configs/train", "aid_"): training_dry_run(train_aid.main),
     ("configs/train", "classifier_"): training_dry_run(train_classifier.main),
-    ("configs/train", "score_"): score_training_load,
+    ("configs/train", "score_"): training_dry_run(train_score_model.main),
 }
 
 

@@ -29,6 +29,7 @@ from diffusion.sde import VPSDE
 from tests.toys import TinyClassifier, gaussian_backbone
 from utils.config import from_dict
 from utils.data import DEBIAN_FASHION_MNIST, DataConfig, load_images
+from utils.paths import resolve_path
 
 DATA = Path(__file__).resolve().parent / "data"
 # 0.001 ** (1 / 10000) = exp(ln(0.001) / 10000) = exp(-6.907755279e-4), by hand (series to third order)
@@ -318,6 +319,6 @@ def test_dry_run_prints_the_resolved_config(tmp_path, capsys):
                                     "--set", "smoothing.vote=hard", "--set", "certify.N=100000"]) is None
     printed = capsys.readouterr().out
     resolved = yaml.safe_load(printed)
-    assert printed.endswith(f"# output folder: {(config.parent / resolved['run']['output_dir']).resolve()}\n")
+    assert printed.endswith(f"# output folder: {resolve_path(resolved['run']['output_dir'], config.parent)}\n")
     assert resolved["smoothing"]["sigma"] == 1.0 and resolved["certify"]["N"] == 100000
     assert resolved["smoothing"]["vote"] == "hard" and resolved["backbone"]["model"]["unet"]["num_heads"] == 4

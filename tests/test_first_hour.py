@@ -118,7 +118,7 @@ def test_reuse_is_stated_in_log_and_summary_and_fresh_recomputes(tmp_path, caplo
                      r"to recompute, pass --fresh or delete .*" + re.escape(run_dir.name), caplog.text)
     assert "images reused from earlier runs" in (run_dir / "summary.md").read_text()
     assert (run_dir / "results.jsonl").read_text() == first
-    assert report.main(["--results", str(tmp_path), "--config", str(TINY), "--out", str(tmp_path / "report")]) == 0
+    assert report.main(["--results", str(tmp_path), "--config", str(TINY), *SMALL, "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "table.md").read_text()
     assert "| coup (t* 0.01, dt 0.005, lambda 1, detached grads, exact backend) * |" in table
     assert re.search(r"\n\* coup \(.*\): 2 of 2 images reused from earlier runs \(written .* UTC\); to recompute, "

@@ -58,7 +58,7 @@ def test_scripts_stop_at_a_one_line_missing_checkpoint_error(tmp_path):
 def test_cifar100_backbone_says_where_its_checkpoint_comes_from(tmp_path):
     experiment = load_experiment(REPO / "configs" / "cifar100_lm.yml")
     backbone = experiment.file.backbone
-    with pytest.raises(FileNotFoundError, match="cifar100_ddpmpp_continuous.pth; no CIFAR-100 checkpoint.*"
+    with pytest.raises(FileNotFoundError, match="cifar100_ddpmpp_continuous.pth.*no CIFAR-100 checkpoint.*"
                                                 "train_score_model.py --config configs/train/score_cifar100.yml"):
         build_backbone(backbone, experiment.base_dir)
     with pytest.raises(FileNotFoundError, match="Score-SDE"):  # without a source: the loader's own message

@@ -26,6 +26,7 @@ from utils.cli import add_spine, apply_overrides, command_overrides, dry_run_tex
 from utils.config import from_dict, read_yaml, require, to_dict  # noqa: E402
 from utils.data import DataConfig, load_images  # noqa: E402
 from utils.images import to_diffusion_space  # noqa: E402
+from utils.paths import resolve_path  # noqa: E402
 
 logger = logging.getLogger("train_score")
 
@@ -88,7 +89,7 @@ def load_training_state(path: Path, net: NCSNpp, ema: list[torch.Tensor], optimi
 
 def write_card(cfg: ScoreTrainingFile, base_dir: Path, config_path: Path, result: dict[str, float]) -> Path:
     """A small model card next to the weights: data, config, steps, seed, measured loss, command."""
-    card = (base_dir / cfg.train.output).with_suffix(".md")
+    card = resolve_path(cfg.train.output, base_dir).with_suffix(".md")
     model = ", ".join(f"{k}: {v}" for k, v in to_dict(cfg.model).items())
     write_text_atomic(
         f"# {Path(cfg.train.output).name}\n\n"
@@ -134,7 +135,7 @@ def train(cfg: ScoreTrainingFile, base_dir: Path) -> dict[str, float]:
     backbone = ScoreSDEBackbone(net, VPSDE(cfg.model.beta_min, cfg.model.beta_max, cfg.model.num_scales))
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.train.lr)
     ema = [p.detach().clone() for p in net.parameters()]
-    state_path, step = base_dir / cfg.train.state, 0
+    state_path, step = resolve_path(cfg.train.state, base_dir), 0
     if state_path.is_file():
         step = load_training_state(state_path, net, ema, optimizer)
         logger.info("resumed from %s at step %d", state_path, step)
@@ -162,7 +163,7 @@ def train(cfg: ScoreTrainingFile, base_dir: Path) -> dict[str, float]:
 def finish(cfg: ScoreTrainingFile, base_dir: Path, net: NCSNpp, ema: list[torch.Tensor],
            backbone: ScoreSDEBackbone) -> dict[str, float]:
     """Write the EMA weights in the official layout (no optimizer) and report held-out losses."""
-    save_score_checkpoint(base_dir / cfg.train.output, net, ema, cfg.train.steps, None, cfg.train.ema_decay)
+    save_score_checkpoint(resolve_path(cfg.train.output, base_dir), net, ema, cfg.train.steps, None, cfg.train.ema_decay)
     with torch.no_grad():
         for p, e in zip(net.parameters(), ema):
             p.copy_(e)
