@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from certification.certify import MODES
 from certification.pipeline import Outputs, load_config, resolved_config, run
+from utils.cli import parser as cli_parser
 from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging
 from utils.paths import resolve_path
 from utils.precision import numerics
@@ -30,7 +31,7 @@ CLI_KEYS = {"output_dir": "run.output_dir", "sigma": "smoothing.sigma", "m": "sm
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line; every option left out keeps the config's value."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_parser(__doc__)
     add_spine(parser, "DiffSmooth YAML (configs/diffsmooth/*.yml)")
     for name, kind in (("sigma", float), ("m", int), ("local_sigma", float), ("N0", int), ("N", int),
                        ("alpha", float), ("seed", int), ("skip", int), ("max_images", int), ("num_sub", int),

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Optional, get_args
+from typing import Any, Optional, get_args
 
 import torch
 
@@ -25,7 +25,7 @@ from runners.aid import AIDGradMode
 from runners.defended import PURIFIERS
 from runners.guidance import GradMode
 from runners.purifiers import Backend
-from utils.cli import add_spine, dry_run_text, parse_assignments, run_main, set_override, setup_logging
+from utils.cli import add_spine, dry_run_text, parse_assignments, parser, run_main, set_override, setup_logging
 from utils.config import read_yaml
 from utils.data import ImageSet
 from utils.checkpoints import atomic_save
@@ -57,28 +57,9 @@ GRAD_MODES = tuple(dict.fromkeys(get_args(GradMode) + get_args(AIDGradMode)))  #
 ATTACK_OPTIONS = {"attack_version": "version", "lp_norm": "norm", "adv_eps": "eps"}
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and every option's default ('from the config' when the option is unset)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        """The option's help followed by its default."""
-        if action.default is argparse.SUPPRESS or action.required or action.help is None:
-            return action.help or ""
-        default = "from the config" if action.default in (None, []) else "%(default)s"
-        return f"{action.help} (default: {default})"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print 'eval_sde_adv.py: <message> (see --help)' and exit 2."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The command line; every option maps onto a config key (see --dry-run for the result)."""
-    p = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
+    p = parser(__doc__)
     add_spine(p, "experiment YAML (relative paths inside: its folder first, then the repository root)")
     p.add_argument("--seed", type=int, help="eval.seed: attack and purification-noise seed")
     p.add_argument("--data_seed", type=int, help="data.data_seed: which images form the subset")

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from evaluation.experiment import load_experiment  # noqa: E402
 from evaluation.overrides import select_attacks  # noqa: E402
 from evaluation.summary import ALL_ATTACKS, attack_groups  # noqa: E402
+from utils.cli import parser as cli_parser  # noqa: E402
 from utils.cli import add_spine, command_overrides, dry_run_text, run_main, setup_logging  # noqa: E402
 from utils.config import ConfigError, read_yaml  # noqa: E402
 from utils.files import atomic_write, atomic_write_text  # noqa: E402
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: the exit code (2 and one line on a user error)."""
-    parser = argparse.ArgumentParser(description="Merge eval_sde_adv.py runs into one table and figure.")
+    parser = cli_parser("Merge eval_sde_adv.py runs into one table and figure.")
     add_spine(parser, "the config file the runs used (with the same --num_sub / --attack / --set)")
     parser.add_argument("--results", type=Path, required=True, help="eval.output_dir of the runs")
     parser.add_argument("--out", type=Path, required=True)

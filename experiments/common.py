@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from utils.cli import parser as cli_parser  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.files import atomic_write, atomic_write_text, config_digest  # noqa: E402
 from utils.precision import numerics  # noqa: E402
@@ -35,7 +36,7 @@ def default_output_dir(name: str) -> Path:
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     """A parser with the options every experiment takes: --out, --seed, --threads, --log-level."""
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    parser = cli_parser(description, prog=f"python -m experiments.{name}")
     parser.add_argument("--out", type=Path, default=default_output_dir(name),
                         help=f"output folder (default: results/experiments/{name}/ in the repository)")
     parser.add_argument("--seed", type=int, default=0, help="seed of this experiment's own randomness")

@@ -1,7 +1,6 @@
 """What the training scripts share: the --config / --dry-run entry point, atomic text files, the model card's end."""
 from __future__ import annotations
 
-import argparse
 import logging
 import platform
 import sys
@@ -12,6 +11,7 @@ import torch
 import yaml
 
 from classifiers.registry import resolve_path
+from utils.cli import parser as cli_parser
 from utils.cli import add_spine, apply_overrides, command_overrides, dry_run_text, run_main, setup_logging
 from utils.config import from_dict, read_yaml, to_dict
 from utils.files import atomic_write_text
@@ -42,7 +42,7 @@ def config_main(description: str, config_type: type, run: Callable[[Any, Path], 
                 argv: Optional[Sequence[str]] = None) -> int:
     """`--config FILE [--set KEY=VALUE] [--dry-run]` (utils.cli): read FILE into config_type, then run(config, FILE);
     --dry-run prints the resolved config and where the weights go. Returns the exit code (2: user error)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = cli_parser(description)
     add_spine(parser, "YAML training config")
     args = parser.parse_args(argv)
     setup_logging()

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion.sde import VPSDE  # noqa: E402
 from score_sde import NCSNpp, NCSNppConfig, ScoreSDEBackbone, save_score_checkpoint  # noqa: E402
 from training.common import write_text_atomic  # noqa: E402
+from utils.cli import parser as cli_parser  # noqa: E402
 from utils.cli import add_spine, apply_overrides, command_overrides, dry_run_text, run_main, setup_logging  # noqa: E402
 from utils.config import from_dict, read_yaml, require, to_dict  # noqa: E402
 from utils.data import DataConfig, load_images  # noqa: E402
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point: the exit code (2 and one line on a user error)."""
-    parser = argparse.ArgumentParser(description="Train the NCSN++ score model (VP-SDE DSM loss).")
+    parser = cli_parser("Train the NCSN++ score model (VP-SDE DSM loss).")
     add_spine(parser, "YAML training config (configs/train/score_fmnist.yml)")
     parser.add_argument("--steps", type=int, help="sets train.steps")
     parser.add_argument("--threads", type=int, help="sets train.num_threads")

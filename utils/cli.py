@@ -11,7 +11,7 @@ import copy
 import errno
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, NoReturn, TypeVar
 
 import yaml
 
@@ -29,6 +29,30 @@ OS_HINTS = {errno.ENOSPC: "free disk space (or pick another output folder), then
             errno.EROFS: "pick a writable output folder (--output_dir or --set)",
             errno.ENOTDIR: "pick a writable output folder (--output_dir or --set): a file stands in the path"}
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and every option's default ('from the config' when the option is unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The option's help followed by its default."""
+        if action.default is argparse.SUPPRESS or action.required or action.help is None:
+            return action.help or ""
+        default = "from the config" if action.default in (None, []) else "%(default)s"
+        return f"{action.help} (default: {default})"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print '<prog>: <message> (see --help)' and exit 2."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every entry point: one-line usage errors (exit 2), each option's default in --help."""
+    return OneLineParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_spine(parser: argparse.ArgumentParser, config_help: str, default_config: Path | None = None) -> None:
