@@ -1,5 +1,5 @@
 """Attacks on defended models: run(model, x, y, indices, seed) -> AttackOutput; built by name from YAML."""
-from attacks import aid_joint, autoattack, pgd
+from attacks import aid_joint, apgd, autoattack, cascade, diffattack, pgd
 from attacks.autoattack import AutoAttackConfig, AutoAttackEval
 from attacks.common import AttackOutput
 from attacks.pgd import BPDAEOT, PGDEOT, BPDAEOTConfig, PGDEOTConfig

@@ -11,7 +11,8 @@ from torch import nn
 
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
-from runners.solvers import ScoreFn, StepCallback, TimeGrid, solve_exact, solve_torchsde
+from runners.solvers import (ScoreFn, StepCallback, StepTap, TimeGrid, solve_exact, solve_exact_tapped,
+                             solve_torchsde)
 from score_sde.adapter import VPBackbone
 from score_sde.sde import DiscreteDDPMSchedule
 from utils.config import require
@@ -131,6 +132,13 @@ class DiffusionPurifier(Purifier):
         callback(k, tau_k, x_{k+1}) sees each Euler step's state in [-1, 1] (backend 'exact' only; it is called
         on passes without gradient tracking, e.g. under torch.no_grad()). It does not change the output.
         """
+        x_start, z, score_fn = self.start(x, noise_seeds, labels)
+        x_out = BACKENDS.get(self.config.backend)(self, score_fn, x_start, z, callback)
+        return self.finish(x_out)
+
+    def start(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor],
+              labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, ScoreFn]:
+        """Checked x (B, C, H, W) in [0, 1] -> (x_start in [-1, 1], the Euler noise (n_steps, B, ...), the score)."""
         check_images(x)
         if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
             raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
@@ -140,11 +148,20 @@ class DiffusionPurifier(Purifier):
         if self.config.forward_noise:
             x_start = math.sqrt(self.alpha_bar) * x_start + math.sqrt(1.0 - self.alpha_bar) * z[0]
         labels = self.guided.path_labels(x, labels)
-        solve = BACKENDS.get(self.config.backend)
-        x_out = solve(self, lambda x_t, t: self.guided(x_t, t, labels), x_start, z[1:], callback)
+        return x_start, z[1:], lambda x_t, t: self.guided(x_t, t, labels)
+
+    def finish(self, x_out: torch.Tensor) -> torch.Tensor:
+        """The solver's x at t_end in [-1, 1] -> the purified image in [0, 1] (clamped first if configured)."""
         if self.config.clamp_output:
             x_out = x_out.clamp(-1.0, 1.0)
         return to_image_space(x_out)
+
+    def purify_tapped(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor], tap: StepTap,
+                      labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(purified x in [0, 1], sum_k tap(k, x_{k+1}) (B,)) on the exact solver; taps see states in [-1, 1]."""
+        x_start, z, score_fn = self.start(x, noise_seeds, labels)
+        x_out, total = solve_exact_tapped(self.backbone.sde, score_fn, x_start, self.grid, z, tap)
+        return self.finish(x_out), total
 
     def solve_exact(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
                     callback: Optional[StepCallback] = None) -> torch.Tensor:
