@@ -67,6 +67,11 @@ class ApgdEotConfig:
         """The perturbation budget eps."""
         return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
 
+    @property
+    def alpha(self) -> float:
+        """The initial step size eta_0 = 2 eps (halved adaptively)."""
+        return 2.0 * self.radius
+
 
 def apgd_checkpoints(iterations: int) -> list[int]:
     """The iterations w_j = ceil(p_j N) at which APGD may halve its step (APGD section 3.2), within (0, N]."""

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.accounting import measured
 from attacks.common import AttackOutput, score_samples
 from attacks.registry import Attack, build_attack
+from attacks.traces import encode_history
 from runners.defended import DefendedClassifier
 from runners.noise import NoiseSource
 from runners.purifiers import IdentityPurifier
@@ -154,8 +156,18 @@ def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: to
     for model in (models.defended, models.classifier):
         reseed_unseeded_noise(model, seed)
     clean = clean_outcomes(models, x, noise_seeds)
-    results = {run.key: run_attack(run, models, x, y, indices, seed, evaluate_classifier) for run in runs}
-    return [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])], results
+    results, costs = {}, {}
+    for run in runs:
+        with measured(models.defended) as cost:
+            results[run.key] = run_attack(run, models, x, y, indices, seed, evaluate_classifier)
+        costs[run.key] = cost.per_image(x.shape[0])
+    records = [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])]
+    seconds = {key: cost.pop("seconds") for key, cost in costs.items()}
+    for record in records:  # network evaluations per attack are deterministic; wall seconds sit apart (as written_at)
+        record["seconds"] = seconds
+        for key, cost in costs.items():
+            record["attacks"][key]["cost"] = cost
+    return records, results
 
 
 @torch.no_grad()
@@ -179,6 +191,11 @@ def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: 
     for key, outputs in results.items():
         attacks[key] = {model: _scores(output, b) for model, output in outputs.items()}
         attacks[key]["flags"] = outputs["defended"].flags
+        defended = outputs["defended"]
+        if defended.history:
+            attacks[key]["history"] = encode_history(defended.history, b)
+        if defended.extra:
+            attacks[key]["extra"] = defended.extra[b]
     return {
         "index": int(indices[b]), "batch": batch.number, "label": label,
         "seeds": {"batch": seed, "clean_noise": int(noise_seeds[b])},
