@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
+from experiments.common import write_json as atomic_write_json
+from experiments.gradient_audit import audit_images, flat_row
 from utils.config import ConfigError, read_yaml
 from utils.data import ImageSet, load_images
 from utils.checkpoints import atomic_save
@@ -65,6 +67,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--evaluate_classifier", action="store_true", help="also attack the bare classifier")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any dotted override, value parsed as YAML (applied before the options above); repeatable")
+    p.add_argument("--gradient_audit", type=int, default=0, metavar="N",
+                   help="also audit the attack gradient on the first N images (experiments.gradient_audit) into "
+                        "the run folder's gradient_audit.json; does not change the results or the config hash")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (loads no model)")
     return p.parse_args(argv)
 
@@ -139,8 +144,18 @@ def run_batches(experiment: Experiment, images: ImageSet, batches: list[Batch], 
         writer.append(records)
 
 
-def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optional[str]:
-    """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0."""
+def write_gradient_audit(experiment: Experiment, images: ImageSet, run_dir: Path, n_images: int) -> None:
+    """The gradient audit of the first n_images images (noise seeds from eval.seed) into run_dir/gradient_audit.json."""
+    model, _ = build_models(experiment)
+    n = min(n_images, len(images.indices))
+    records = audit_images(model, images.x[:n], images.y[:n], images.indices[:n], experiment.file.eval.seed)
+    atomic_write_json(run_dir / "gradient_audit.json", {"images": records, "rows": [flat_row(r) for r in records]})
+    log.info("gradient audit of %d image(s) written to %s", n, run_dir / "gradient_audit.json")
+
+
+def evaluate(experiment: Experiment, config_path: Path, shard: Shard, audit: int = 0) -> Optional[str]:
+    """Run this shard's pending batches, then (rank 0) write the summary (and the gradient audit of `audit` images);
+    returns the summary's Markdown on rank 0."""
     run_dir, digest = open_run(experiment, config_path, shard)
     images = load_images(experiment.file.data, experiment.base_dir)
     batches = plan_batches(len(images.indices), experiment.file.eval.adv_batch_size)
@@ -154,6 +169,8 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard) -> Optiona
                    shard.world_size)
     markdown = write_summary(run_dir, build_summary(experiment, records, info))
     log.info("summary written to %s", run_dir)
+    if audit > 0:
+        write_gradient_audit(experiment, images, run_dir, audit)
     return markdown
 
 
@@ -171,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     shard = start_shard()
     try:
-        markdown = evaluate(experiment, Path(args.config), shard)
+        markdown = evaluate(experiment, Path(args.config), shard, args.gradient_audit)
     except (ConfigError, FileNotFoundError, RunDirError) as err:
         log.error("%s", err)
         return 2

@@ -48,3 +48,17 @@ def test_audit_of_a_guided_toy_purifier_reports_every_comparison():
     assert record["adjoint_vs_exact"]["cosine"] > 0.9  # the smooth Gaussian score: the adjoint is close
     assert record["detached_vs_full"]["cosine"] < 1.0
     assert -1.0 <= record["noise_draws_cosine"] < 1.0
+
+
+def test_eval_option_writes_the_audit_into_the_run_folder(tmp_path):
+    import json
+
+    import eval_sde_adv
+    from tests.test_eval import TINY, run_dir_of
+
+    args = ["--config", str(TINY), "--num_sub", "2", "--attack", "pgd_eot", "--set", "attacks.0.iterations=1",
+            "--set", "attacks.0.eot_samples=1", "--set", "attacks.0.eval_samples=1", "--output_dir", str(tmp_path)]
+    assert eval_sde_adv.main([*args, "--gradient_audit", "1"]) == 0
+    audit = json.loads((run_dir_of(tmp_path) / "gradient_audit.json").read_text())
+    assert len(audit["rows"]) == 1 and "adjoint_vs_exact_cosine" in audit["rows"][0]
+    assert "exact" in json.loads((run_dir_of(tmp_path) / "summary.json").read_text())["gradient"]
