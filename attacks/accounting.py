@@ -41,7 +41,8 @@ def measured(model: nn.Module) -> Iterator[Cost]:
     of checkpointed steps in backward) and the wall time of the block."""
     cost = Cost()
     purifier = getattr(model, "purifier", None)
-    targets = [(getattr(purifier, "backbone", None), "score_rows"), (getattr(model, "classifier", None), "classifier_rows")]
+    targets = [(getattr(purifier, "backbone", None), "score_rows"),
+               (getattr(model, "classifier", None), "classifier_rows")]
     cost._hooks = [m.register_forward_hook(_counter(cost, name)) for m, name in targets if isinstance(m, nn.Module)]
     start = time.perf_counter()
     try:

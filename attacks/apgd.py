@@ -129,7 +129,7 @@ class ApgdEot:
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                 seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[int, torch.Tensor], Optional[str]]:
-        """(x_adv (B, ...) in the eps ball, history {'loss', 'correct'} (B, T + 1), {t: x at iteration t}, zero-grad flag)."""
+        """(x_adv (B, ...) in the eps ball, history {'loss', 'correct'} (B, T + 1), {t: x at t}, zero-grad flag)."""
         config, ball, eps = self.config, BALLS[self.config.norm], self.config.radius
         objective = self.objective(model, x)
         seeds_at = NOISE_MODES.get(config.noise)
@@ -148,7 +148,8 @@ class ApgdEot:
         for k in tqdm(range(config.iterations), desc=self.name, leave=False, disable=None):
             step = ball.step(current.grad, 1.0) * eta.view(-1, *([1] * (x.dim() - 1)))
             z = project(x_k + step)
-            x_next = z if k == 0 else project(x_k + config.momentum * (z - x_k) + (1 - config.momentum) * (x_k - x_prev))
+            a = config.momentum
+            x_next = z if k == 0 else project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
             x_prev, x_k = x_k, x_next.detach()
             new = self.point(objective, x_k, y, seeds_at(seed, indices, k + 1, config.eot_samples))
             increases += (new.loss > current.loss).to(eta.dtype)
@@ -160,12 +161,14 @@ class ApgdEot:
             losses.append(new.loss)
             corrects.append(new.correct)
             if k + 1 in checkpoints:
-                halve = (increases < config.rho * (k + 1 - last_checkpoint)) | ((eta == eta_last) & (best_loss == best_last))
+                stalled = (eta == eta_last) & (best_loss == best_last)
+                halve = (increases < config.rho * (k + 1 - last_checkpoint)) | stalled
                 eta = torch.where(halve, eta / 2, eta)
                 x_k, x_prev = _where(halve, best_x, x_k), _where(halve, best_x, x_prev)
                 current = Point(torch.where(halve, best_loss, current.loss), current.correct,
                                 _where(halve, best_grad, current.grad))
-                increases, last_checkpoint, eta_last, best_last = torch.zeros_like(eta), k + 1, eta.clone(), best_loss.clone()
+                increases, last_checkpoint = torch.zeros_like(eta), k + 1
+                eta_last, best_last = eta.clone(), best_loss.clone()
             if k + 1 in config.score_at:
                 snapshots[k + 1] = _where(fooled, fooled_x, best_x)
         history = {"loss": torch.stack(losses, dim=1), "correct": torch.stack(corrects, dim=1)}

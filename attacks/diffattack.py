@@ -68,7 +68,7 @@ class DiffAttack(ApgdEot):
     config_class = DiffAttackConfig
 
     def objective(self, model: nn.Module, x: torch.Tensor) -> Objective:
-        """CE on the defended logits + lambda * sum_k alpha_k d(x_k(x_adv), x_k(x)); CE alone without a diffusion purifier."""
+        """CE + lambda * sum_k alpha_k d(x_k(x_adv), x_k(x)) on the defended model; CE alone without a diffusion purifier."""
         purifier, classifier = getattr(model, "purifier", None), getattr(model, "classifier", None)
         if not isinstance(purifier, DiffusionPurifier) or purifier.config.backend != "exact":
             log.info("diffattack: no exact diffusion purifier, so no intermediate states; using the CE loss alone")

@@ -59,7 +59,8 @@ def lines_per_index(run_dir: Path) -> Counter:
 
 def outcomes(run_dir: Path) -> dict[int, dict]:
     """{index: record without its write time and wall seconds}: what must not depend on interruptions or sharding."""
-    return {i: {k: v for k, v in r.items() if k not in ("written_at", "seconds")} for i, r in read_records(run_dir).items()}
+    return {i: {k: v for k, v in r.items() if k not in ("written_at", "seconds")}
+            for i, r in read_records(run_dir).items()}
 
 
 def bare_classifier_hits(num_sub: int) -> list[bool]:
