@@ -16,7 +16,9 @@ def gradient_statement(purifier: dict[str, Any]) -> str:
     backend = purifier.get("backend")
     if backend is None:
         return "gradient: exact (no diffusion solver in the defense)"
-    guidance = f", guidance term {'differentiated' if purifier.get('grad_mode') == 'full' else 'detached'}"
+    guided = purifier.get("guidance_scale") not in (None, 0, 0.0)
+    mode = "differentiated" if purifier.get("grad_mode") == "full" else "detached"
+    guidance = f", guidance term {mode}" if guided else ""
     if backend == "exact":
         return f"gradient: exact (backprop through the discretised solver, dt {purifier['dt']}){guidance}"
     measured = ADJOINT_FIDELITY.get(float(purifier["dt"]))
