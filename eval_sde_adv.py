@@ -21,8 +21,10 @@ from typing import Any, Optional, get_args
 import torch
 
 from attacks.registry import ATTACKS
+from experiments.common import write_json as atomic_write_json
+from experiments.gradient_audit import audit_images, flat_row
 from runners.aid import AIDGradMode
-from runners.defended import PURIFIERS
+from runners.defended import PURIFIERS, DefendedClassifier
 from runners.guidance import GradMode
 from runners.purifiers import Backend
 from utils.cli import add_spine, dry_run_text, parse_assignments, parser, run_main, set_override, setup_logging
@@ -85,6 +87,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="recompute: delete this run's earlier results (inside its run folder only) before starting")
     p.add_argument("--progress_interval", type=float, default=DEFAULT_INTERVAL,
                    help="seconds between progress lines when stderr is not a terminal (a bar is shown otherwise)")
+    p.add_argument("--gradient_audit", type=int, default=0, metavar="N",
+                   help="also audit the attack gradient on the first N images (experiments.gradient_audit) into "
+                        "the run folder's gradient_audit.json; does not change the results or the config hash")
     return p.parse_args(argv)
 
 
@@ -198,9 +203,19 @@ def run_batches(experiment: Experiment, images: ImageSet, models: Models, batche
     progress.close()
 
 
+def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: Path, n_images: int,
+                         seed: int) -> None:
+    """The gradient audit of the first n_images images (noise seeds from `seed`) into run_dir/gradient_audit.json."""
+    n = min(n_images, len(images.indices))
+    records = audit_images(model, images.x[:n], images.y[:n], images.indices[:n], seed)
+    atomic_write_json(run_dir / "gradient_audit.json", {"images": records, "rows": [flat_row(r) for r in records]})
+    log.info("gradient audit of %d image(s) written to %s", n, run_dir / "gradient_audit.json")
+
+
 def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: bool = False,
-             interval: float = DEFAULT_INTERVAL) -> Optional[str]:
-    """Run this shard's pending batches, then (rank 0) write the summary; returns its Markdown on rank 0.
+             interval: float = DEFAULT_INTERVAL, audit: int = 0) -> Optional[str]:
+    """Run this shard's pending batches, then (rank 0) write the summary (and the gradient audit of `audit` images);
+    returns the summary's Markdown on rank 0.
 
     Every prerequisite (data, checkpoints) is loaded before the run folder is made; fresh: rank 0 first deletes the
     run folder's earlier results (evaluation.reuse.clear_run).
@@ -222,6 +237,8 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
                    started_ns)
     markdown = write_summary(run_dir, build_summary(experiment, records, info))
     log.info("summary written to %s", run_dir)
+    if audit > 0:
+        write_gradient_audit(models.defended, images, run_dir, audit, experiment.file.eval.seed)
     return markdown
 
 
@@ -236,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
     shard = start_shard()
     try:
         with numerics(experiment.file.eval.precision):  # full float32 unless eval.precision allows TF32
-            markdown = evaluate(experiment, Path(args.config), shard, args.fresh, args.progress_interval)
+            markdown = evaluate(experiment, Path(args.config), shard, args.fresh, args.progress_interval,
+                                args.gradient_audit)
     finally:
         stop_shard(shard)
     if markdown is not None:

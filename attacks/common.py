@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -18,12 +18,18 @@ IterationCallback = Callable[[int, int], None]
 
 @dataclass
 class AttackOutput:
-    """x_adv (N, C, H, W) in [0, 1]; per scoring rule, predictions (N,) int64 and correct (N,) bool; check flags."""
+    """x_adv (N, C, H, W) in [0, 1]; per scoring rule, predictions (N,) int64 and correct (N,) bool; check flags.
+
+    history: optional per-image traces, each (N, T) (e.g. 'loss' and 'correct' at every iteration);
+    extra: optional per-image JSON-able details (N entries), e.g. which cascade stage broke the image.
+    """
 
     x_adv: torch.Tensor
     predictions: dict[str, torch.Tensor]
     correct: dict[str, torch.Tensor]
     flags: dict[str, Optional[str]] = field(default_factory=dict)
+    history: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: list[dict[str, Any]] = field(default_factory=list)
 
     def accuracy(self) -> dict[str, float]:
         """Robust accuracy in [0, 1] under each scoring rule."""

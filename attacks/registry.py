@@ -32,6 +32,10 @@ ATTACKS: Registry[Attack] = Registry("attack", {
     "apgd_ce": Lazy("attacks.apgd_ce", "ApgdCeEval"),
     "pgd_eot_diffpure": Lazy("attacks.diffpure_protocol", "DiffPureProtocolPGD"),
     "bpda_eot_diffpure": Lazy("attacks.diffpure_protocol", "DiffPureProtocolBPDA"),
+    "apgd_eot": Lazy("attacks.apgd", "ApgdEot"),
+    "selective_eot": Lazy("attacks.apgd", "SelectiveEot"),
+    "diffattack": Lazy("attacks.diffattack", "DiffAttack"),
+    "cascade": Lazy("attacks.cascade", "Cascade"),
 })
 
 

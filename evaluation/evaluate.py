@@ -8,6 +8,7 @@ CLEAN_NOISE): an image's record depends on the config and its dataset index, not
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Optional
@@ -15,8 +16,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from attacks.accounting import measured
 from attacks.common import AttackOutput, score_samples
 from attacks.registry import Attack, build_attack
+from attacks.traces import encode_history
 from runners.defended import DefendedClassifier
 from runners.noise import NoiseSource
 from runners.purifiers import IdentityPurifier
@@ -166,8 +169,16 @@ def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: to
     for model in (models.defended, models.classifier):
         reseed_unseeded_noise(model, seed)
     clean = clean_outcomes(models, x, noise_seeds)
-    results = {run.key: run_attack(run, models, x, y, indices, seed, evaluate_classifier, on_step) for run in runs}
-    return [image_record(b, batch, seed, noise_seeds, y, indices, clean, results) for b in range(x.shape[0])], results
+    results, costs = {}, {}
+    for run in runs:
+        with measured(models.defended) as cost:
+            results[run.key] = run_attack(run, models, x, y, indices, seed, evaluate_classifier, on_step)
+        costs[run.key] = cost.per_image(x.shape[0])
+    # network evaluations per attack are deterministic and sit in `attacks`; wall seconds sit apart (as written_at)
+    seconds = {key: cost.pop("seconds") for key, cost in costs.items()}
+    records = [dataclasses.replace(image_record(b, batch, seed, noise_seeds, y, indices, clean, results, costs),
+                                   seconds=seconds) for b in range(x.shape[0])]
+    return records, results
 
 
 @torch.no_grad()
@@ -189,14 +200,22 @@ def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: to
 
 
 def image_record(b: int, batch: Batch, seed: int, noise_seeds: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                 clean: dict[str, torch.Tensor], results: dict[str, dict[str, AttackOutput]]) -> ImageRecord:
+                 clean: dict[str, torch.Tensor], results: dict[str, dict[str, AttackOutput]],
+                 costs: Optional[dict[str, dict[str, float]]] = None) -> ImageRecord:
     """Image b's JSON record: index, label, seeds, clean predictions, purified range and sum, the defended model's
-    clean logit margin, per-attack scores and flags."""
+    clean logit margin, per-attack scores, flags, traces, details and network evaluations per image (costs)."""
     label = int(y[b])
     attacks = {}
     for key, outputs in results.items():
         attacks[key] = {model: _scores(output, b) for model, output in outputs.items()}
         attacks[key]["flags"] = outputs["defended"].flags
+        defended = outputs["defended"]
+        if defended.history:
+            attacks[key]["history"] = encode_history(defended.history, b)
+        if defended.extra:
+            attacks[key]["extra"] = defended.extra[b]
+        if costs is not None and key in costs:
+            attacks[key]["cost"] = costs[key]
     return ImageRecord(
         index=int(indices[b]), batch=batch.number, label=label,
         seeds={"attack": seed, "clean_noise": int(noise_seeds[b])},

@@ -138,8 +138,11 @@ class ImageRecord:
     """One image's result line, written by ResultWriter and read by the summary.
 
     clean: {model: {prediction, correct}}; attacks: {attack key: {model: {predictions, correct}, 'flags': {...}}}
-    with model 'defended' or 'classifier'; purified_range: (min, max) and purified_sum: the sum of the purified clean
-    image; clean_margin: the defended model's clean logit of the label minus its best other logit.
+    with model 'defended' or 'classifier', and when the attack gives them 'history' (encoded per-iteration traces,
+    attacks.traces), 'extra' (e.g. the cascade stage that broke the image) and 'cost' (score-network and classifier
+    evaluations per image, attacks.accounting); purified_range: (min, max) and purified_sum: the sum of the purified
+    clean image; clean_margin: the defended model's clean logit of the label minus its best other logit;
+    seconds: {attack key: wall seconds per image}, kept apart (as written_at) since it is not deterministic.
     """
 
     index: int
@@ -152,6 +155,7 @@ class ImageRecord:
     clean_margin: float
     attacks: dict[str, dict[str, Any]]
     written_at: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The record as one JSON line (sorted keys, no newline)."""
@@ -168,7 +172,8 @@ class ImageRecord:
         try:
             return cls(int(data["index"]), int(data["batch"]), int(data["label"]), dict(data["seeds"]),
                        dict(data["clean"]), tuple(data["purified_range"]), float(data["purified_sum"]),
-                       float(data["clean_margin"]), dict(data["attacks"]), int(data["written_at"]))
+                       float(data["clean_margin"]), dict(data["attacks"]), int(data["written_at"]),
+                       {key: float(value) for key, value in dict(data["seconds"]).items()})
         except (TypeError, ValueError) as err:
             raise RunDirError(f"{where}: malformed result line ({err}); delete that line to recompute it") from None
 

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attacks.accounting import cost_summary, paper_projections
 from evaluation.evaluate import attack_keys
 from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
+from runners.gradient_path import gradient_statement
 from utils.files import atomic_write_text
 from evaluation.labels import defining_values
 from utils.precision import describe_numerics, precision_flags
@@ -111,6 +113,8 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "classifier_clean": accuracy([r.clean["classifier"]["correct"] for r in records]),
         "autoattack_checks": check_flags(records, keys),
         "rows": row_origin(records, info.started_ns),
+        "gradient": gradient_statement(purifier), "cost_per_image": cost_summary(records, keys),
+        "cost_paper_projection": paper_projections(cost_summary(records, keys), experiment, keys),
         "purified_range": purified_range(records),
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
@@ -144,6 +148,17 @@ def flag_lines(summary: dict[str, Any]) -> list[str]:
     return raised or ["- all checks passed"]
 
 
+def cost_lines(summary: dict[str, Any]) -> list[str]:
+    """Per attack: score-network and classifier evaluations and seconds per image (empty for older runs)."""
+    costs = summary.get("cost_per_image") or {}
+    lines = [f"- {key}: {c['score_evals']:.0f} score-network and {c['classifier_evals']:.0f} classifier evaluations, "
+             f"{c['seconds']:.2f} s per image" for key, c in costs.items()]
+    projected = summary.get("cost_paper_projection") or {}
+    lines += [f"- {key} in the papers' setting (100 steps, EOT 20, 512 images): {total:.3g} score-network evaluations"
+              for key, total in projected.items()]
+    return ["Cost (forward network evaluations, backward recomputation included):", *lines, ""] if lines else []
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     """summary.md: the defining values, the accuracy table, then attacks, checks, purified range, seeds and versions."""
     seeds, span = summary["seeds"], summary["purified_range"]
@@ -159,6 +174,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                if len(summary["attacks"]) > 1 else []), "",
              "Sanity checks (AutoAttack's check functions as each attack runs them; each message once):",
              *flag_lines(summary), "",
+             f"Attack {summary.get('gradient', 'gradient: not recorded')}.", "",
+             *cost_lines(summary),
              f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
              f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "
              f"{100 * summary['classifier_clean']['accuracy']:.2f} %.", "",

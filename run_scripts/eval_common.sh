@@ -3,6 +3,8 @@
 # configs/cifar10.yml for Linf, configs/cifar10_L2.yml for L2; nothing here overrides them.
 # Env: CONFIG replaces that config (e.g. configs/tiny.yml); EXTRA_ARGS is appended to the command line
 # (e.g. EXTRA_ARGS="--num_sub 64 --output_dir /scratch/results"); PURIFIER picks the method of the PGD scripts.
+# GRADIENT=exact attacks through the exact-gradient solver (--backend exact) instead of the config's backend
+# (the papers' protocol: the torchsde adjoint, whose gradient is approximate; README "Gradient audit").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source utils/tcmalloc.sh
@@ -23,6 +25,11 @@ evaluate() {
   local norm=$1 seed=$2 data_seed=$3 extra=()
   shift 3
   read -r -a extra <<< "${EXTRA_ARGS:-}"
+  case "${GRADIENT:-config}" in
+    config | adjoint) ;;
+    exact) extra=(--backend exact "${extra[@]}") ;;
+    *) echo "GRADIENT must be 'exact' or 'adjoint' (the config's backend), got '$GRADIENT'" >&2; exit 2 ;;
+  esac
   exec "$PYTHON" eval_sde_adv.py --config "${CONFIG:-${NORM_CONFIG[$norm]}}" --lp_norm "$norm" \
     --seed "$seed" --data_seed "$data_seed" "$@" "${extra[@]}"
 }
@@ -43,6 +50,7 @@ linf_attack() {
   shift 2
   USAGE_TAIL=" [PURIFIER]" require_seeds "$@"
   local purifier=${3:-${PURIFIER:-coup}}
+  GRADIENT=config  # the attack script fixes the backend itself
   case "$purifier:$backend" in
     *:config | none:* | aid:*) ;;
     *) args=(--backend "$backend") ;;

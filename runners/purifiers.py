@@ -12,7 +12,7 @@ from torch import nn
 
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
-from runners.solvers import StepCallback, TimeGrid, solve_exact
+from runners.solvers import StepCallback, StepTap, TimeGrid, solve_exact, solve_exact_tapped
 from runners.torchsde_backend import solve_torchsde
 from diffusion.backbone import VPBackbone
 from diffusion.sde import DiscreteDDPMSchedule, ScoreFn
@@ -162,15 +162,39 @@ class DiffusionPurifier(Purifier):
         callback(k, tau_k, x_{k+1}) sees each Euler step's state in [-1, 1] (backend 'exact' only; it is called
         on passes without gradient tracking, e.g. under torch.no_grad()). It does not change the output.
         """
+        score_fn, z = self.prepare(x, noise_seeds, labels)
+        return purify(score_fn, x, z, functools.partial(BACKENDS.get(self.config.backend), self),
+                      self.noising_alpha_bar(), self.config.clamp_output, callback)
+
+    def prepare(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor],
+                labels: Optional[torch.Tensor]) -> tuple[ScoreFn, torch.Tensor]:
+        """Checked x (B, C, H, W) in [0, 1] -> (the score along this path, the noise table (1 + n_steps, B, ...))."""
         check_images(x)
         check_dtype(x, self)
         if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
             raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
                                "not torch.inference_mode()")
         labels = self.guided.path_labels(x, labels)
-        return purify(lambda x_t, t: self.guided(x_t, t, labels), x, self.draw_noise(x, noise_seeds),
-                      functools.partial(BACKENDS.get(self.config.backend), self),
-                      self.alpha_bar if self.config.forward_noise else None, self.config.clamp_output, callback)
+        return (lambda x_t, t: self.guided(x_t, t, labels)), self.draw_noise(x, noise_seeds)
+
+    def noising_alpha_bar(self) -> Optional[float]:
+        """DiffPure's forward-noising abar at t_star, or None when the method starts from the image itself."""
+        return self.alpha_bar if self.config.forward_noise else None
+
+    def purify_tapped(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor], tap: StepTap,
+                      labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(purified x in [0, 1], sum_k tap(k, x_{k+1}) (B,)) on the exact solver; taps see states in [-1, 1]."""
+        score_fn, z = self.prepare(x, noise_seeds, labels)
+        totals: list[torch.Tensor] = []
+
+        def solve_tapped(score: ScoreFn, x_start: torch.Tensor, z_steps: torch.Tensor,
+                         callback: Optional[StepCallback]) -> torch.Tensor:
+            x_out, total = solve_exact_tapped(self.backbone.sde, score, x_start, self.grid, z_steps, tap)
+            totals.append(total)
+            return x_out
+
+        purified = purify(score_fn, x, z, solve_tapped, self.noising_alpha_bar(), self.config.clamp_output)
+        return purified, totals[0]
 
     def solve_exact(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
                     callback: Optional[StepCallback] = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from diffusion.sde import VPSDE, ScoreFn
 
 StepCallback = Callable[[int, float, torch.Tensor], None]
+StepTap = Callable[[int, torch.Tensor], torch.Tensor]  # (k, x_{k+1} (B, C, H, W)) -> a per-row term (B,)
 
 
 @dataclass(frozen=True)
@@ -56,27 +57,38 @@ def reverse_em_step(sde: VPSDE, score_fn: ScoreFn, x: torch.Tensor, tau: float, 
 
 
 class _StepCheckpointedSolve(torch.autograd.Function):
-    """Stores only the n states x_k; backward recomputes each step and backpropagates through it."""
+    """Stores only the n states x_k; backward recomputes each step and backpropagates through it.
+
+    With a tap, it also returns sum_k tap(k, x_{k+1}) (B,), whose gradient joins each step's backward.
+    """
 
     @staticmethod
     def forward(ctx, x_start: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor],
-                n_steps: int) -> torch.Tensor:
+                n_steps: int, tap: Optional[StepTap] = None) -> tuple[torch.Tensor, torch.Tensor]:
         states = []
         x = x_start.detach()
+        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for k in range(n_steps):
             states.append(x)
             x = step(x, k)
-        ctx.step, ctx.states = step, states
-        return x
+            if tap is not None:
+                total = total + tap(k, x)
+        ctx.step, ctx.states, ctx.tap = step, states, tap
+        return x, total
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out: torch.Tensor, grad_total: torch.Tensor):
         grad = grad_out
         for k in reversed(range(len(ctx.states))):
             with torch.enable_grad():
                 x_k = ctx.states[k].detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(ctx.step(x_k, k), x_k, grad)
-        return grad, None, None
+                x_next = ctx.step(x_k, k)
+                outputs, grads = [x_next], [grad]
+                if ctx.tap is not None:
+                    outputs.append(ctx.tap(k, x_next))
+                    grads.append(grad_total)
+                (grad,) = torch.autograd.grad(outputs, x_k, grads)
+        return grad, None, None, None
 
 
 def solve_exact(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,
@@ -102,11 +114,32 @@ def iterate_steps(step: Callable[[torch.Tensor, int], torch.Tensor], x_start: to
                   checkpoint: bool = True) -> torch.Tensor:
     """x_{k+1} = step(x_k, k) for k < n_steps; step-checkpointed (memory flat in n_steps) when x_start needs grad."""
     if checkpoint and torch.is_grad_enabled() and x_start.requires_grad:
-        return _StepCheckpointedSolve.apply(x_start, step, n_steps)
+        return _StepCheckpointedSolve.apply(x_start, step, n_steps)[0]
     x = x_start
     for k in range(n_steps):
         x = step(x, k)
     return x
+
+
+def solve_exact_tapped(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,
+                       tap: StepTap) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x at t_end, sum_k tap(k, x_{k+1}) (B,)): a loss on every intermediate Euler state, memory flat in steps.
+
+    Backprop through both outputs recomputes one step at a time (as solve_exact with checkpoint=True).
+    """
+    _check_noise(z, x_start, grid)
+
+    def step(x: torch.Tensor, k: int) -> torch.Tensor:
+        tau, h = grid.step(k)
+        return reverse_em_step(sde, score_fn, x, tau, h, z[k])
+
+    if torch.is_grad_enabled() and x_start.requires_grad:
+        return _StepCheckpointedSolve.apply(x_start, step, grid.n_steps, tap)
+    x, total = x_start, torch.zeros(x_start.shape[0], dtype=x_start.dtype, device=x_start.device)
+    for k in range(grid.n_steps):
+        x = step(x, k)
+        total = total + tap(k, x)
+    return x, total
 
 
 def _check_noise(z: torch.Tensor, x_start: torch.Tensor, grid: TimeGrid) -> None:

@@ -57,8 +57,8 @@ def lines_per_index(run_dir: Path) -> Counter:
 
 
 def outcomes(run_dir: Path) -> dict[int, dict]:
-    """{index: record without its write time}: what must not depend on interruptions or sharding."""
-    return {i: dataclasses.replace(r, written_at=0) for i, r in read_records(run_dir).items()}
+    """{index: record without its write time and wall seconds}: what must not depend on interruptions or sharding."""
+    return {i: dataclasses.replace(r, written_at=0, seconds={}) for i, r in read_records(run_dir).items()}
 
 
 def bare_classifier_hits(num_sub: int) -> list[bool]:

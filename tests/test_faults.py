@@ -182,7 +182,7 @@ def first_run_dir(out: Path) -> Path:
     ('{"index": 3, "mood": "foreign"}', "not a result line of this program"),
     ("\x00\x01 binary junk", "not a JSON result line"),
     ('{"index": "x", "batch": 0, "label": 1, "seeds": {}, "clean": {}, "purified_range": [0, 1], "purified_sum": 0, '
-     '"clean_margin": 0, "attacks": {}, "written_at": 0}', "malformed result line"),
+     '"clean_margin": 0, "attacks": {}, "written_at": 0, "seconds": {}}', "malformed result line"),
 ])
 def test_foreign_or_damaged_result_lines_are_refused_naming_file_and_line(tmp_path, caplog, bad_line, needle):
     args = ["--config", str(TINY), *FAST, "--output_dir", str(tmp_path / "out")]

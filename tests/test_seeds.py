@@ -44,8 +44,8 @@ def test_seed_stages_are_one_enum_whose_values_never_change():
     from utils.seeds import SeedStage
 
     assert {stage.name: int(stage) for stage in SeedStage} == {
-        "ATTACK_START": 0, "ATTACK_STEP": 1, "SCORE": 2, "DEFENSE": 7, "CORRUPTION": 11, "CLEAN_NOISE": 1000,
-        "ATTACK_RUN": 1001}
+        "ATTACK_START": 0, "ATTACK_STEP": 1, "SCORE": 2, "FIXED": 3, "DEFENSE": 7, "CORRUPTION": 11, "AUDIT": 13,
+        "CLEAN_NOISE": 1000, "ATTACK_RUN": 1001, "CASCADE": 2000}
     assert torch.equal(derive_seeds(3, torch.arange(4), SeedStage.SCORE), derive_seeds(3, torch.arange(4), 2))
 
 

@@ -23,10 +23,13 @@ class SeedStage(enum.IntEnum):
     ATTACK_START = 0  # PGD random start: (attack seed, index, stage)
     ATTACK_STEP = 1  # purification noise of an attack's EOT samples: (attack seed, index, stage, step, sample)
     SCORE = 2  # purification noise when scoring x_adv: (attack seed, index, stage, 0, sample)
+    FIXED = 3  # the one purification noise per image of the fixed-noise white-box mode: (attack seed, index, stage)
     DEFENSE = 7  # experiments' defense noise: (seed, index, stage, key)
     CORRUPTION = 11  # salt-and-pepper corruption fields: (seed, index, stage)
+    AUDIT = 13  # the gradient audit's noise draws and random directions: (seed, index, stage, draw)
     CLEAN_NOISE = 1000  # purification noise of the clean forward: (eval seed, index, stage)
     ATTACK_RUN = 1001  # an evaluation's attack seed: (eval seed, stage); the same for every batch
+    CASCADE = 2000  # the seed of stage i of a cascade attack: (attack seed, stage, i)
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:

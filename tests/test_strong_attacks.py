@@ -1,0 +1,167 @@
+"""APGD-EOT, DiffAttack, selective EOT, the deterministic mode and the cascade on cases with known answers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import build_attack
+from attacks.aggregation import fixed_noise, selective_gradient
+from attacks.apgd import apgd_checkpoints
+from attacks.diffattack import deviation_tap, reference_states, step_weights
+from attacks.losses import dlr_rows
+from runners.defended import DefendedClassifier
+from runners.purifiers import DiffusionPurifier, PurifierConfig
+from runners.solvers import reverse_em_step
+from tests.test_attacks import CallLog, Defended, NoisyIdentity, linear_problem, linear_robust
+from tests.toys import TinyClassifier, gaussian_backbone
+from utils.images import to_diffusion_space
+
+
+def linear_robust_l2(classifier: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact L2 robustness of a linear classifier away from the box: margin_j > eps * ||w_y - w_j||_2 for all j."""
+    weight, logits = classifier[1].weight, classifier(x)
+    margins = logits.gather(1, y[:, None]) - logits
+    norms = (weight[y][:, None, :] - weight[None, :, :]).norm(dim=-1)
+    return ((margins > eps * norms) | (torch.arange(weight.shape[0])[None, :] == y[:, None])).all(dim=1)
+
+
+@pytest.mark.parametrize("norm, eps, exact_fn", [("Linf", 0.004, linear_robust), ("L2", 0.05, linear_robust_l2)])
+def test_apgd_dlr_reaches_exact_robust_accuracy_of_linear_classifier(norm, eps, exact_fn):
+    classifier, x, y, indices = linear_problem(n=64, classes=10)
+    exact = exact_fn(classifier, x, y, eps)
+    assert 0 < int(exact.sum()) < 64  # some images provably robust, some not
+    assert ((x - 2 * eps >= 0) & (x + 2 * eps <= 1)).all()  # the box never binds, so the bound is exact
+    out = build_attack("apgd_eot", {"norm": norm, "eps": eps, "iterations": 50, "eot_samples": 1, "loss": "dlr",
+                                    "eval_samples": 1}).run(classifier, x, y, indices, seed=1)
+    assert torch.equal(out.correct["worst"], exact)
+    delta = (out.x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-6).all()
+    assert out.history["loss"].shape == (64, 51) and out.history["correct"].dtype == torch.bool
+
+
+def test_dlr_loss_is_positive_exactly_when_misclassified_and_scale_invariant():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.5, 2.0, 1.0, 0.0]])
+    y = torch.tensor([0, 0])
+    loss = dlr_rows(logits, y)
+    assert torch.allclose(loss, torch.tensor([-(3.0 - 1.0) / (3.0 - 0.0), -(0.5 - 2.0) / (2.0 - 0.5)]))
+    assert torch.allclose(dlr_rows(5 * logits + 2, y), loss)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_selective_aggregation_drops_samples_against_the_consensus():
+    agree = torch.tensor([1.0, 0.0])
+    grads = torch.stack([agree, agree, agree, torch.tensor([-1.0, 0.1])])[:, None, :]  # (K=4, B=1, 2)
+    selected = selective_gradient(grads, torch.zeros(4, 1), em_steps=3)
+    assert torch.allclose(selected[0], agree)  # the opposing sample gets weight 0
+    assert not torch.allclose(grads.mean(0)[0], agree)
+
+
+def _toy_purifier(name: str) -> DiffusionPurifier:
+    config = PurifierConfig(name=name, t_star=0.1, dt=0.02, checkpoint=True, grad_mode="full")
+    return DiffusionPurifier(gaussian_backbone(), config, TinyClassifier(4).double()).double()
+
+
+@pytest.mark.parametrize("name", ["reverse_only", "diffpure"])
+def test_diffattack_loss_gradient_matches_finite_differences(name):
+    torch.manual_seed(0)
+    purifier = _toy_purifier(name)
+    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double())
+    attack = build_attack("diffattack", {"eot_samples": 2, "dev_weight": 50.0, "random_start": False})
+    gen = torch.Generator().manual_seed(3)
+    x = (0.3 + 0.4 * torch.rand(2, 1, 2, 2, generator=gen)).double()
+    y = torch.tensor([0, 2])
+    objective = attack.objective(model, x)
+    seeds = torch.tensor([11, 12, 13, 14])
+    x_adv = (x + 0.02 * torch.rand(x.shape, generator=gen, dtype=torch.float64)).repeat(2, 1, 1, 1)
+    point = x_adv.clone().requires_grad_(True)
+    loss, _ = objective(point, y.repeat(2), seeds)
+    (grad,) = torch.autograd.grad(loss.sum(), point)
+    direction = torch.randn(x_adv.shape, generator=gen, dtype=torch.float64)
+    h = 1e-5
+    fd = (objective(x_adv + h * direction, y.repeat(2), seeds)[0].sum()
+          - objective(x_adv - h * direction, y.repeat(2), seeds)[0].sum()) / (2 * h)
+    assert torch.allclose((grad * direction).sum(), fd, rtol=1e-6, atol=1e-9)
+    # the deviation term is live (its gradient is not the CE gradient alone) and zero at the clean image
+    clean_dev = purifier.purify_tapped(x, seeds[:2], deviation_tap(reference_states(purifier, x, seeds[:2]),
+                                                                   step_weights(purifier, "variance")))[1]
+    assert torch.allclose(clean_dev, torch.zeros(2, dtype=torch.float64))
+
+
+def test_tapped_solver_equals_the_unrolled_sum_and_its_gradient():
+    purifier = _toy_purifier("reverse_only")
+    x = torch.full((1, 1, 2, 2), 0.4, dtype=torch.float64, requires_grad=True)
+    seeds = torch.tensor([5])
+    reference = [s + 0.1 for s in reference_states(purifier, x.detach(), seeds)]
+    weights = step_weights(purifier, "uniform")
+    out, total = purifier.purify_tapped(x, seeds, deviation_tap(reference, weights))
+    (grad,) = torch.autograd.grad(out.sum() + total.sum(), x)
+    unrolled = purifier(x, seeds)
+    score, z = purifier.prepare(x, seeds, None)
+    manual, xk = 0.0, to_diffusion_space(x)  # reverse-only: no forward noise, the Euler steps use z[1:]
+    for k in range(purifier.grid.n_steps):
+        tau, h = purifier.grid.step(k)
+        xk = reverse_em_step(purifier.backbone.sde, score, xk, tau, h, z[k + 1])
+        manual = manual + float(weights[k]) * (xk - reference[k]).pow(2).mean()
+    (expected,) = torch.autograd.grad(unrolled.sum() + manual, x)
+    assert torch.allclose(total, manual.detach().view(1))
+    assert torch.allclose(grad, expected)
+    assert purifier.config.checkpoint  # the tapped path recomputes one step at a time, as solve_exact does
+
+
+def test_deterministic_mode_is_deterministic_and_scores_with_the_attack_noise():
+    classifier, x, y, indices = linear_problem(n=12, classes=10)
+    model = Defended(NoisyIdentity(0.05), classifier)
+    config = {"noise": "fixed", "eot_samples": 1, "iterations": 6, "eval_samples": 5, "eps": 0.01}
+    first = build_attack("apgd_eot", config).run(model, x, y, indices, seed=4)
+    again = build_attack("apgd_eot", config).run(model, x, y, indices, seed=4)
+    half = build_attack("apgd_eot", config).run(model, x[:6], y[:6], indices[:6], seed=4)
+    assert torch.equal(first.x_adv, again.x_adv) and torch.equal(first.x_adv[:6], half.x_adv)
+    with torch.no_grad():
+        fixed = model(first.x_adv, fixed_noise(4, indices, 0, 1)).argmax(-1)
+    assert torch.equal(first.predictions["worst"], fixed) and torch.equal(first.correct["single"], fixed == y)
+    with pytest.raises(ValueError, match="eot_samples to 1"):
+        build_attack("apgd_eot", {"noise": "fixed", "eot_samples": 4})
+
+
+def test_cascade_attacks_only_survivors_and_reports_the_worst_case():
+    classifier, x, y, indices = linear_problem(n=32, classes=10)
+    eps = 0.004
+    logged = CallLog(Defended(NoisyIdentity(0.0), classifier))
+    stages = [{"name": "pgd_eot", "eps": eps, "iterations": 2, "eot_samples": 1, "eval_samples": 1,
+               "sanity_checks": False},
+              {"name": "apgd_eot", "eps": eps, "iterations": 30, "eot_samples": 1, "loss": "dlr", "eval_samples": 1,
+               "sanity_checks": False}]
+    out = build_attack("cascade", {"attacks": stages}).run(logged, x, y, indices, seed=7)
+    survivors = sum(1 for e in out.extra if len(e["stages_run"]) == 2)
+    broken_first = [e["broken_by"] == "pgd_eot" for e in out.extra]
+    assert 0 < survivors < 32 and sum(broken_first) == 32 - survivors
+    assert set(logged.sizes[-31:]) == {survivors}  # APGD's 31 evaluations ran on the survivors only
+    assert torch.equal(out.correct["worst"], linear_robust(classifier, x, y, eps))
+    assert all(e["stages_run"] == ["pgd_eot"] for e, b in zip(out.extra, broken_first) if b)
+    assert torch.isnan(out.history["apgd_eot_dlr.loss"][torch.tensor(broken_first)]).all()
+
+
+def test_cascade_config_is_validated_on_load():
+    with pytest.raises(KeyError, match="unknown attack 'nope'"):
+        build_attack("cascade", {"attacks": [{"name": "nope"}]})
+    with pytest.raises(ValueError, match="iterations"):
+        build_attack("cascade", {"attacks": [{"name": "apgd_eot", "iterations": 0}]})
+
+
+def test_new_attacks_report_every_iteration_and_the_cascade_maps_stages_onto_one_count():
+    classifier, x, y, indices = linear_problem(n=4, classes=10)
+    seen: list[tuple[int, int]] = []
+    build_attack("apgd_eot", {"iterations": 3, "eot_samples": 1, "eval_samples": 1, "sanity_checks": False}).run(
+        classifier, x, y, indices, seed=0, callback=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    seen.clear()
+    stage = {"name": "apgd_eot", "iterations": 2, "eot_samples": 1, "eval_samples": 1, "eps": 1e-6,
+             "sanity_checks": False}
+    build_attack("cascade", {"attacks": [stage, stage]}).run(classifier, x, y, indices, seed=0,
+                                                             callback=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # eps ~0: correctly classified images survive stage 1
