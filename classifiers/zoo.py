@@ -39,22 +39,26 @@ def standard_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     return load_robustbench("Standard", "cifar10", "Linf", resolve_path(config.model_dir, base_dir))
 
 
+def normalized_wrn(config: ClassifierConfig, base_dir: Path, default_path: str, source: str, num_classes: int,
+                   mean: tuple[float, ...], std: tuple[float, ...], **arch) -> nn.Module:
+    """A WideResNet(**arch) read from a state_dict file ('module.' stripped), mean/std normalisation inside."""
+    require_shape(config, in_channels=3, num_classes=num_classes)
+    path = find_weights(config.checkpoint or default_path, base_dir, source)
+    net = wide_resnet(num_classes=num_classes, **arch)
+    net.load_state_dict(load_state_dict(path, strip_prefix="module."))
+    return Normalized(net, mean, std)
+
+
 def wrn_70_16_dropout(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """DiffPure's WRN-70-16 (dropout 0.3) with CIFAR-10 mean/std normalisation inside; 'module.' keys stripped."""
-    require_shape(config, in_channels=3, num_classes=10)
-    path = find_weights(config.checkpoint or WRN_70_16_DROPOUT_PATH, base_dir, WRN_70_16_SOURCE)
-    net = wide_resnet(depth=70, widen_factor=16, drop_rate=0.3)
-    net.load_state_dict(load_state_dict(path, strip_prefix="module."))
-    return Normalized(net, CIFAR10_MEAN, CIFAR10_STD)
+    return normalized_wrn(config, base_dir, WRN_70_16_DROPOUT_PATH, WRN_70_16_SOURCE, 10, CIFAR10_MEAN, CIFAR10_STD,
+                          depth=70, widen_factor=16, drop_rate=0.3)
 
 
 def cifar100_wrn_28_10(config: ClassifierConfig, base_dir: Path) -> nn.Module:
     """A standard CIFAR-100 WRN-28-10 (COUP Sec. 5.2.1), CIFAR-100 mean/std normalisation inside; 'module.' stripped."""
-    require_shape(config, in_channels=3, num_classes=100)
-    path = find_weights(config.checkpoint or CIFAR100_WRN_28_10_PATH, base_dir, CIFAR100_WRN_SOURCE)
-    net = wide_resnet(depth=28, widen_factor=10, num_classes=100)
-    net.load_state_dict(load_state_dict(path, strip_prefix="module."))
-    return Normalized(net, CIFAR100_MEAN, CIFAR100_STD)
+    return normalized_wrn(config, base_dir, CIFAR100_WRN_28_10_PATH, CIFAR100_WRN_SOURCE, 100, CIFAR100_MEAN,
+                          CIFAR100_STD, depth=28, widen_factor=10)
 
 
 def fmnist_wrn_16_2_classifier(config: ClassifierConfig, base_dir: Path) -> nn.Module:
