@@ -26,7 +26,7 @@ from certification.report import ResultRow, ResultsMismatch, ResultsTSV
 from runners.diffsmooth import DiffSmooth, noise_level, one_shot_denoise, schedule_of, smoothing_time
 from score_sde import NCSNpp, NCSNppConfig
 from diffusion.sde import VPSDE
-from tests.toys import TinyClassifier, gaussian_backbone
+from tests.toys import TinyClassifier, gaussian_backbone, interrupt_on_call
 from utils.config import from_dict
 from utils.data import DEBIAN_FASHION_MNIST, DataConfig, load_images
 from utils.paths import resolve_path
@@ -273,16 +273,7 @@ def test_cli_certifies_resumes_and_is_batch_independent(tmp_path, monkeypatch):
     sidecar = json.loads(full.tsv.with_suffix(".json").read_text())
     assert sidecar["runs"][0]["seeds"]["certify_seed"] == 0 and "torch" in sidecar["runs"][0]["versions"]
 
-    calls = {"n": 0}
-    original = certify_diffsmooth.MODES["certify"]
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setitem(certify_diffsmooth.MODES, "certify", interrupted)
+    original = interrupt_on_call(monkeypatch, certify_diffsmooth.MODES, "certify", 2)
     with pytest.raises(KeyboardInterrupt):
         certify_diffsmooth.main(["--config", str(config), "--batch", "7"])
     partial = tmp_path / "out" / "certify_sigma0.25.tsv"

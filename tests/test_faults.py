@@ -17,7 +17,8 @@ import yaml
 
 import certify_diffsmooth
 import eval_sde_adv
-from evaluation import evaluate, report, results
+from evaluation import report, results
+from tests.toys import interrupt_on_call
 from utils.paths import resolve_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,15 +199,7 @@ def test_foreign_or_damaged_result_lines_are_refused_naming_file_and_line(tmp_pa
 
 def test_ctrl_c_ends_with_one_line_and_the_run_resumes(tmp_path, caplog, monkeypatch):
     args = ["--config", str(TINY), *FAST, "--num_sub", "4", "--output_dir", str(tmp_path / "out")]
-    original, calls = evaluate.evaluate_batch, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*a, **k)
-
-    monkeypatch.setattr(eval_sde_adv, "evaluate_batch", interrupted)
+    original = interrupt_on_call(monkeypatch, vars(eval_sde_adv), "evaluate_batch", 2)
     assert eval_sde_adv.main(args) == 130
     (line,) = error_lines(caplog)
     assert "interrupted" in line and "rerun the same command to resume" in line
@@ -350,15 +343,7 @@ def test_certify_refuses_a_missing_config(tmp_path, caplog):
 
 def test_certify_ctrl_c_is_one_line_and_keeps_finished_rows(tmp_path, caplog, monkeypatch):
     config = certify_config(tmp_path, certify={"N0": 4, "N": 8, "max_images": 2}, run={"batch": 8})
-    original, calls = certify_diffsmooth.MODES["certify"], {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setitem(certify_diffsmooth.MODES, "certify", interrupted)
+    interrupt_on_call(monkeypatch, certify_diffsmooth.MODES, "certify", 2)
     assert certify_diffsmooth.cli(["--config", str(config)]) == 130
     (line,) = error_lines(caplog)
     assert "interrupted" in line and "resume" in line

@@ -1,6 +1,8 @@
 """Small deterministic stand-ins shared by the tests: a float64-friendly classifier and Gaussian backbones."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -25,3 +27,18 @@ class TinyClassifier(nn.Module):
 def gaussian_backbone(mu: float = 0.1, sigma0: float = 0.2) -> GaussianBackbone:
     """Closed-form VP score of N(mu, sigma0^2) data in [-1, 1] space."""
     return GaussianBackbone(VPSDE(0.1, 20.0, 1000), mu, sigma0)
+
+
+def interrupt_on_call(monkeypatch, table: dict, key: str, call: int) -> Callable:
+    """Replace table[key] by a wrapper that raises KeyboardInterrupt on its `call`-th call (Ctrl-C mid-run);
+    returns the original, to put back for the resume."""
+    original, calls = table[key], {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(table, key, interrupted)
+    return original
