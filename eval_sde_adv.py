@@ -78,7 +78,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--guidance_scale", type=float, help="purifier.guidance_scale (lambda)")
     p.add_argument("--purifier", choices=PURIFIERS.names(), help="switch the method")
     p.add_argument("--grad_mode", choices=GRAD_MODES,
-                   help="purifier.grad_mode (diffusion purifiers: detached | full; aid: exact | create_graph | bpda)")
+                   help="purifier.grad_mode (diffusion purifiers: detached | full | surrogate; aid: exact | create_graph | bpda)")
     p.add_argument("--backend", choices=get_args(Backend), help="purifier.backend")
     p.add_argument("--output_dir", type=lambda s: str(Path(s).expanduser().resolve()),
                    help="eval.output_dir (here relative to the working directory; in the YAML by the config path rule)")

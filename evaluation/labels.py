@@ -8,7 +8,8 @@ from typing import Any
 PURIFIER_FIELDS = (("t_star", "t* {:g}", "t{:g}"), ("dt", "dt {:g}", "dt{:g}"), ("def_step", "{} steps", "{}steps"),
                    ("eps", "eps {:.4g}", "eps{:.4g}"), ("steps", "{} steps", "{}steps"), ("lr", "lr {:g}", "lr{:g}"))
 # shown unless the purifier has guidance turned off (lambda 0: nothing for the gradient mode to choose)
-GUIDANCE_FIELDS = (("guidance_scale", "lambda {:g}", "lam{:g}"), ("grad_mode", "{} grads", "{}"))
+GUIDANCE_FIELDS = (("guidance_scale", "lambda {:g}", "lam{:g}"), ("grad_mode", "{} grads", "{}"),
+                   ("surrogate_beta", "softplus beta {:g}", "beta{:g}"))
 BACKEND_FIELD = ("backend", "{} backend", "{}")
 
 
@@ -52,7 +53,7 @@ def run_slug(resolved: dict[str, Any]) -> str:
 # the values that define a purifier, in the order summary.md states them
 DEFINING_FIELDS = (("t_star", "t* {:g}"), ("guidance_scale", "lambda {:g}"), ("dt", "dt {:g}"),
                    ("def_step", "{} steps"), ("eps", "eps {:.4g}"), ("steps", "{} steps"), ("lr", "lr {:g}"),
-                   ("grad_mode", "grad_mode {}"),
+                   ("grad_mode", "grad_mode {}"), ("surrogate_beta", "surrogate softplus beta {:g}"),
                    ("backend", "backend {}"))
 
 

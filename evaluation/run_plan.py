@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attacks.cascade import stage_keys
 from attacks.common import seeded_call
+from attacks.registry import attack_config
 from evaluation.experiment import AttackSpec
 from utils.progress import format_duration
 
@@ -19,29 +21,46 @@ SCORING_STAGE = "scoring"  # the progress stage of the clean and scoring forward
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """Per image: `iterations` gradient steps of `eot` samples each, then `scoring` stochastic forwards."""
+    """Per image: `iterations` gradient steps of `eot` samples each, then `scoring` stochastic forwards; a cascade
+    holds its `stages` instead (an upper bound: each stage runs only on the survivors of the previous ones)."""
 
     key: str
     iterations: int
     eot: int
     scoring: int
+    stages: tuple["AttackBudget", ...] = ()
 
     @property
     def gradient_passes(self) -> int:
-        """Forward-backward passes of the model per image."""
-        return self.iterations * self.eot
+        """Forward-backward passes of the model per image (a cascade: every stage on every image)."""
+        return sum(s.gradient_passes for s in self.stages) if self.stages else self.iterations * self.eot
 
     def text(self) -> str:
-        """'pgd_eot 8 x 2 EOT + 10 scoring forwards'."""
+        """'pgd_eot 8 x 2 EOT + 10 scoring forwards'; a cascade lists its stages, marked as an upper bound."""
+        if self.stages:
+            return (f"{self.key} of {len(self.stages)} stages, at most (later stages see only survivors): "
+                    + ", ".join(s.text() for s in self.stages))
         return f"{self.key} {self.iterations} x {self.eot} EOT + {self.scoring} scoring forwards"
 
 
-def attack_budget(key: str, spec: AttackSpec) -> AttackBudget:
-    """The budget of one attack from its config (PGD: iterations / eot_samples; AutoAttack: n_iter / eot_iter)."""
-    config = spec.config
+def config_budget(key: str, config: object) -> AttackBudget:
+    """The budget of one attack config (PGD: iterations / eot_samples; AutoAttack: n_iter / eot_iter; scoring:
+    eval_samples at the end and at each score_at iteration; a cascade: the sum of its stages)."""
+    entries = getattr(config, "attacks", None)
+    if entries:
+        stages = tuple(config_budget(stage_key, attack_config(entry["name"],
+                                                              {k: v for k, v in entry.items() if k != "name"}))
+                       for stage_key, entry in zip(stage_keys(config), entries))
+        return AttackBudget(key, sum(s.iterations for s in stages), 1, sum(s.scoring for s in stages), stages)
     iterations = getattr(config, "iterations", None) or getattr(config, "n_iter", None) or AUTOATTACK_ITERATIONS
     eot = getattr(config, "eot_samples", None) or getattr(config, "eot_iter", None) or 1
-    return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)))
+    scored_points = 1 + len(getattr(config, "score_at", ()))  # the final point and each score_at snapshot
+    return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)) * scored_points)
+
+
+def attack_budget(key: str, spec: AttackSpec) -> AttackBudget:
+    """The budget of one configured attack of a run."""
+    return config_budget(key, spec.config)
 
 
 def reverse_steps(purifier_config: object) -> int:

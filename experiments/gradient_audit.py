@@ -3,7 +3,8 @@
 - the exact gradient g against central finite differences (f(x + h d) - f(x - h d)) / 2h along g/|g| and random
   unit directions d, for several h (the loss is the CE of the defended model, one fixed noise draw);
 - the torchsde adjoint gradient against g (cosine, norm ratio), at the purifier's dt;
-- grad_mode 'full' against 'detached' (guided purifiers only);
+- grad_mode 'full' against 'detached', and the softplus surrogate of the guidance against the run's mode (guided
+  purifiers only; the surrogate's forward is exact, so only its backward differs);
 - g under two independent noise draws (cosine): how much EOT an attack needs.
 
     python -m experiments.gradient_audit --config configs/demo.yml --purifier reverse_only --num-images 4 --dt 0.01
@@ -21,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from classifiers.surrogate import relu_sites
 from evaluation.experiment import build_models, load_experiment
 from evaluation.overrides import switch_purifier
 from experiments.common import base_parser, run_metadata, start_cli, write_csv, write_json
 from runners.defended import DefendedClassifier
-from runners.purifiers import DiffusionPurifier
+from runners.purifiers import DEFAULT_SURROGATE_BETA, DiffusionPurifier
 from utils.config import read_yaml
 from utils.data import load_images
 from utils.seeds import SeedStage, derive_seeds
@@ -99,7 +101,7 @@ def twin(model: DefendedClassifier, **changes: Any) -> DefendedClassifier:
 
 
 def audit_image(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, index: int, seed: int,
-                n_random: int, tolerance: float) -> dict[str, Any]:
+                n_random: int, tolerance: float, surrogate_beta: float = DEFAULT_SURROGATE_BETA) -> dict[str, Any]:
     """Every audit of one image x (1, C, H, W) in [0, 1] with label y (1,), moved MARGIN inside the box."""
     x = MARGIN + (1.0 - 2.0 * MARGIN) * x
     seeds = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 0)
@@ -111,10 +113,15 @@ def audit_image(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, ind
         record["adjoint_vs_exact"] = cosine_and_ratio(adjoint, grad)
         other = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 1)
         record["noise_draws_cosine"] = cosine_and_ratio(input_gradient(ce_loss(model, y, other), x), grad)["cosine"]
-        if model.purifier.config.guidance_scale != 0.0:
-            flipped = "detached" if model.purifier.config.grad_mode == "full" else "full"
-            record[f"{flipped}_vs_{model.purifier.config.grad_mode}"] = cosine_and_ratio(
+        mode = model.purifier.config.grad_mode
+        if model.purifier.config.guidance_scale != 0.0 and mode != "surrogate":
+            flipped = "detached" if mode == "full" else "full"
+            record[f"{flipped}_vs_{mode}"] = cosine_and_ratio(
                 input_gradient(ce_loss(twin(model, grad_mode=flipped), y, seeds), x), grad)
+            if relu_sites(model.purifier.guidance_classifier):
+                surrogate = twin(model, grad_mode="surrogate", surrogate_beta=surrogate_beta)
+                record[f"surrogate_vs_{mode}"] = cosine_and_ratio(input_gradient(ce_loss(surrogate, y, seeds), x),
+                                                                  grad)
     return record
 
 
@@ -122,7 +129,7 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     """One CSV row per image: the headline numbers of its audit."""
     row = {"index": record["index"], "fd_ok": record["exact_vs_fd"]["ok"],
            "fd_best_rel_error": record["exact_vs_fd"]["checks"]["gradient"]["best_rel_error"]}
-    for key in ("adjoint_vs_exact", "full_vs_detached", "detached_vs_full"):
+    for key in ("adjoint_vs_exact", "full_vs_detached", "detached_vs_full", "surrogate_vs_full", "surrogate_vs_detached"):
         if key in record:
             row.update({f"{key}_cosine": record[key]["cosine"], f"{key}_norm_ratio": record[key]["norm_ratio"]})
     if "noise_draws_cosine" in record:
@@ -131,11 +138,13 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit_images(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, seed: int,
-                 n_random: int = 2, tolerance: float = 1e-2) -> list[dict[str, Any]]:
+                 n_random: int = 2, tolerance: float = 1e-2,
+                 surrogate_beta: float = DEFAULT_SURROGATE_BETA) -> list[dict[str, Any]]:
     """audit_image over a batch x (N, C, H, W), one image at a time (each with its own noise seed)."""
     records = []
     for b in range(x.shape[0]):
-        records.append(audit_image(model, x[b:b + 1], y[b:b + 1], int(indices[b]), seed, n_random, tolerance))
+        records.append(audit_image(model, x[b:b + 1], y[b:b + 1], int(indices[b]), seed, n_random, tolerance,
+                                   surrogate_beta))
         log.info("audit image %d: %s", int(indices[b]), flat_row(records[-1]))
     return records
 
@@ -149,6 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--random-directions", type=int, default=2)
     parser.add_argument("--fd-tolerance", type=float, default=1e-2)
+    parser.add_argument("--surrogate-beta", type=float, default=DEFAULT_SURROGATE_BETA,
+                        help="softplus beta of the guidance surrogate compared with the exact gradient (COUP)")
     argv, args, out = start_cli(parser, argv)
     overrides = {} if args.purifier is None else {
         "purifier": switch_purifier(read_yaml(args.config)["purifier"], args.purifier)}
@@ -159,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     n = min(args.num_images, len(images.y))
     x, y = images.x[:n], images.y[:n]
     records = audit_images(model, x, y, torch.as_tensor(images.indices[:n]), args.seed, args.random_directions,
-                           args.fd_tolerance)
+                           args.fd_tolerance, args.surrogate_beta)
     meta = run_metadata(argv, config=experiment.to_dict())
     write_json(out / "gradient_audit.json", {"metadata": meta, "images": records})
     write_csv(out / "gradient_audit.csv", [flat_row(r) for r in records])

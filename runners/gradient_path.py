@@ -7,7 +7,17 @@ from typing import Any
 # adjoint vs exact input gradient on the demo models (experiments.gradient_audit, README "Gradient audit"), by dt
 ADJOINT_FIDELITY: dict[float, str] = {
     0.01: "cosine 0.02 and 66x the norm of the exact gradient (median of 4 demo images, COUP)",
+    0.002: "cosine 0.16 and 7.6x the norm of the exact gradient (median of 4 demo images, COUP)",
     0.001: "cosine 0.72-0.81 to the exact gradient on real demo test images with COUP (issue 15's measurement)",
+}
+
+
+# what the attack's backward sees of the guidance term, by grad_mode
+GUIDANCE_PATHS: dict[str, str] = {
+    "full": "differentiated",
+    "detached": "detached",
+    "surrogate": ("through a SURROGATE (softplus beta {surrogate_beta:g} for the classifier's ReLU in the backward "
+                  "only; the forward is exact)"),
 }
 
 
@@ -17,8 +27,7 @@ def gradient_statement(purifier: dict[str, Any]) -> str:
     if backend is None:
         return "gradient: exact (no diffusion solver in the defense)"
     guided = purifier.get("guidance_scale") not in (None, 0, 0.0)
-    mode = "differentiated" if purifier.get("grad_mode") == "full" else "detached"
-    guidance = f", guidance term {mode}" if guided else ""
+    guidance = f", guidance term {GUIDANCE_PATHS[purifier.get('grad_mode')].format(**purifier)}" if guided else ""
     if backend == "exact":
         return f"gradient: exact (backprop through the discretised solver, dt {purifier['dt']}){guidance}"
     measured = ADJOINT_FIDELITY.get(float(purifier["dt"]))

@@ -10,6 +10,7 @@ from typing import Callable, Literal, Optional
 import torch
 from torch import nn
 
+from classifiers.surrogate import smooth_surrogate
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
 from runners.solvers import StepCallback, StepTap, TimeGrid, solve_exact, solve_exact_tapped
@@ -21,6 +22,7 @@ from utils.images import check_dtype, check_images, to_diffusion_space, to_image
 from utils.registry import Registry
 
 Backend = Literal["exact", "torchsde"]
+DEFAULT_SURROGATE_BETA = 10.0  # softplus sharpness of the guidance classifier's surrogate (grad_mode 'surrogate')
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class PurifierConfig:
     t_end: float = 1e-5
     label_mode: LabelMode = "argmax"
     grad_mode: GradMode = "detached"
+    surrogate_beta: Optional[float] = None  # grad_mode 'surrogate': softplus(beta) for ReLU in the backward (10)
     backend: Backend = "exact"
     checkpoint: bool = True
     adjoint_over_networks: bool = False
@@ -52,6 +55,8 @@ class PurifierConfig:
                 f"{self.t_star - self.t_end:.6g}; set dt <= t_star (t_star / dt steps are taken)")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
+        require(self.surrogate_beta is None or (self.grad_mode == "surrogate" and self.surrogate_beta > 0.0),
+                f"purifier.surrogate_beta {self.surrogate_beta} needs grad_mode 'surrogate' and a value > 0")
         require(self.guidance_scale is None or self.guidance_scale >= 0.0 or self.allow_anti_guidance,
                 f"purifier.guidance_scale {self.guidance_scale} < 0 is anti-guidance (an ablation, never a defense); "
                 "set purifier.allow_anti_guidance: true to run it anyway")
@@ -78,6 +83,8 @@ DIFFUSION_METHODS = tuple(PRESETS)
 
 def resolve_purifier_config(config: PurifierConfig) -> PurifierConfig:
     """Fill the preset fields of a diffusion method; a guided setting on an unguided method is an error."""
+    if config.grad_mode == "surrogate" and config.surrogate_beta is None:
+        config = dataclasses.replace(config, surrogate_beta=DEFAULT_SURROGATE_BETA)
     if config.name not in PRESETS:
         return config
     preset = PRESETS[config.name]
@@ -143,8 +150,11 @@ class DiffusionPurifier(Purifier):
         self.guidance_classifier = (guidance_classifier.requires_grad_(config.adjoint_over_networks)
                                     if guidance_classifier is not None else None)
         self.grid = TimeGrid.reverse(config.t_star, config.dt, config.t_end)
+        self.guidance_surrogate = (smooth_surrogate(self.guidance_classifier, config.surrogate_beta)
+                                   if config.surrogate_beta is not None and self.guidance_classifier is not None
+                                   else None)
         self.guided = GuidedScore(backbone, self.guidance_classifier, config.guidance_scale,
-                                  config.label_mode, config.grad_mode)
+                                  config.label_mode, config.grad_mode, self.guidance_surrogate)
         schedule = DiscreteDDPMSchedule(backbone.sde.beta_min, backbone.sde.beta_max, backbone.sde.num_scales)
         self.alpha_bar = schedule.alpha_bar(schedule.step_of(config.t_star))
         self.noise = NoiseSource(config.seed, config.fixed_noise)

@@ -11,6 +11,7 @@ from attacks.accounting import measured, paper_projection
 from attacks.traces import decode_correct, encode_history
 from evaluation.results import ImageRecord
 from experiments.convergence import checkpoint_counts, curves, stage_table
+from experiments.paired import compare, sign_test
 from runners.gradient_path import gradient_statement
 
 
@@ -64,3 +65,25 @@ def test_summary_states_the_gradient_path():
     assert gradient_statement({"backend": "exact", "dt": 0.01, "grad_mode": "full"}).startswith("gradient: exact")
     assert "APPROXIMATE" in gradient_statement({"backend": "torchsde", "dt": 0.001, "grad_mode": "detached"})
     assert "no diffusion solver" in gradient_statement({"name": "none"})
+
+
+def _scored(index: int, clean: bool, single: bool, worst: bool, worst_at_2: str) -> ImageRecord:
+    attack = {"defended": {"correct": {"single": single, "worst": worst}},
+              "history": {"loss": [1.0, 2.0], "worst_correct_at_2": worst_at_2}}
+    return ImageRecord(index=index, batch=0, label=0, seeds={}, clean={"defended": {"correct": clean}},
+                       purified_range=(0.0, 1.0), purified_sum=0.0, clean_margin=1.0, attacks={"apgd_eot": attack})
+
+
+def test_paired_comparison_counts_discordant_images_and_runs_the_sign_test():
+    a = {i: _scored(i, True, True, i < 6, "1") for i in range(8)}        # worst of K: 6 robust
+    b = {i: _scored(i, True, i < 7, i == 7, "1" if i < 4 else "0") for i in range(9)}  # worst of K: 1 robust
+    rows = {(r["attack"], r["score"]): r for r in compare(a, b)}
+    assert rows["clean", "defended"]["n"] == 8 and rows["clean", "defended"]["only_a"] == 0
+    worst = rows["apgd_eot", "worst of K"]
+    assert (worst["robust_a"], worst["robust_b"], worst["only_a"], worst["only_b"]) == (6, 1, 6, 1)
+    assert math.isclose(worst["sign_test_p"], 2 * 8 / 2**7)  # P(X <= 1), X ~ Bin(7, 1/2), two-sided
+    assert rows["apgd_eot", "1 forward"]["only_a"] == 1
+    checkpoint = rows["apgd_eot", "worst of K at 2 it."]
+    assert (checkpoint["robust_a"], checkpoint["robust_b"], checkpoint["only_a"]) == (8, 4, 4)
+    assert math.isclose(checkpoint["sign_test_p"], 2 / 2**4)
+    assert sign_test(0, 0) == 1.0

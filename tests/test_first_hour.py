@@ -17,7 +17,7 @@ import torch
 
 import eval_sde_adv
 from attacks.pgd import PGDEOT
-from attacks.registry import ATTACKS
+from attacks.registry import ATTACKS, attack_config
 from runners.defended import PURIFIERS
 from utils.config import ConfigError
 from evaluation.labels import attack_slug, class_name, defining_values, purifier_label, run_slug
@@ -27,7 +27,7 @@ from evaluation import report
 from evaluation.report import image_caption
 from evaluation.results import ImageRecord
 from evaluation.reuse import reuse_text, row_origin
-from evaluation.run_plan import AttackBudget, attack_weights
+from evaluation.run_plan import AttackBudget, attack_weights, config_budget
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yml"
@@ -274,3 +274,15 @@ def test_attack_weights_leave_the_scoring_forwards_for_the_end_of_a_batch():
     assert progress.mark[0] == pytest.approx(48 / 59)
     progress.finish_batch()
     assert progress.mark[0] == 1.0
+
+
+def test_cascade_budget_counts_every_stage_and_its_scored_points():
+    cascade = attack_config("cascade", {"attacks": [
+        {"name": "pgd_eot", "iterations": 6, "eot_samples": 3, "eval_samples": 5},
+        {"name": "apgd_eot", "loss": "dlr", "iterations": 8, "eot_samples": 2, "eval_samples": 4, "score_at": [4]}]})
+    budget = config_budget("cascade", cascade)
+    assert [s.key for s in budget.stages] == ["pgd_eot", "apgd_eot_dlr"]
+    assert budget.gradient_passes == 6 * 3 + 8 * 2
+    assert budget.iterations == 14 and budget.scoring == 5 + 4 * 2
+    assert budget.text().startswith("cascade of 2 stages, at most (later stages see only survivors): pgd_eot 6 x 3 EOT")
+    assert attack_weights([budget]) == {"cascade": 3.0 * 34, "scoring": 1.0 + 13}

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from experiments.gradient_audit import audit_images, audit_loss, cosine_and_ratio
+from experiments.gradient_audit import audit_images, audit_loss, cosine_and_ratio, flat_row
 from runners.defended import DefendedClassifier
 from runners.purifiers import DiffusionPurifier, PurifierConfig
-from tests.toys import TinyClassifier, gaussian_backbone
+from tests.toys import ReLUClassifier, TinyClassifier, gaussian_backbone
 
 
 class WrongSquare(torch.autograd.Function):
@@ -48,6 +48,21 @@ def test_audit_of_a_guided_toy_purifier_reports_every_comparison():
     assert record["adjoint_vs_exact"]["cosine"] > 0.9  # the smooth Gaussian score: the adjoint is close
     assert record["detached_vs_full"]["cosine"] < 1.0
     assert -1.0 <= record["noise_draws_cosine"] < 1.0
+    assert "surrogate_vs_full" not in record  # a tanh classifier has no ReLU to smooth
+
+
+def test_audit_compares_the_softplus_surrogate_with_a_relu_guidance_classifier():
+    config = PurifierConfig(name="coup", t_star=0.05, dt=0.01, grad_mode="full", guidance_scale=2.0)
+    purifier = DiffusionPurifier(gaussian_backbone(), config, ReLUClassifier(4).double())
+    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double()).double().eval()
+    x = torch.full((1, 1, 2, 2), 0.45, dtype=torch.float64)
+    (record,) = audit_images(model, x, torch.tensor([1]), torch.tensor([7]), seed=0, n_random=1, tolerance=1e-4,
+                             surrogate_beta=3.0)
+    sharp = audit_images(model, x, torch.tensor([1]), torch.tensor([7]), seed=0, n_random=1, tolerance=1e-4,
+                         surrogate_beta=1e5)[0]
+    assert record["surrogate_vs_full"]["cosine"] < sharp["surrogate_vs_full"]["cosine"]
+    assert abs(sharp["surrogate_vs_full"]["cosine"] - 1.0) < 1e-6
+    assert flat_row(record)["surrogate_vs_full_cosine"] == record["surrogate_vs_full"]["cosine"]
 
 
 def test_eval_option_writes_the_audit_into_the_run_folder(tmp_path):
@@ -62,3 +77,24 @@ def test_eval_option_writes_the_audit_into_the_run_folder(tmp_path):
     audit = json.loads((run_dir_of(tmp_path) / "gradient_audit.json").read_text())
     assert len(audit["rows"]) == 1 and "adjoint_vs_exact_cosine" in audit["rows"][0]
     assert "exact" in json.loads((run_dir_of(tmp_path) / "summary.json").read_text())["gradient"]
+
+
+def test_audit_table_summarises_each_audit_by_median_and_range(tmp_path):
+    import json
+
+    from experiments.audit_table import main as table_main
+
+    def image(index: int, ok: bool, error: float, cosine: float) -> dict:
+        return {"index": index, "exact_vs_fd": {"ok": ok, "checks": {"gradient": {"best_rel_error": error}}},
+                "adjoint_vs_exact": {"cosine": cosine, "norm_ratio": 2 * cosine}, "noise_draws_cosine": 0.5}
+
+    for dt, images in ((0.01, [image(1, True, 1e-3, 0.1), image(2, False, 0.03, 0.3), image(3, True, 2e-3, 0.2)]),
+                       (0.001, [image(1, True, 1e-4, 0.9)])):
+        folder = tmp_path / f"reverse_only_dt{dt}"
+        folder.mkdir()
+        meta = {"config": {"purifier": {"name": "reverse_only", "dt": dt}}}
+        (folder / "gradient_audit.json").write_text(json.dumps({"metadata": meta, "images": images}))
+    table_main(["--audits", str(tmp_path), "--out", str(tmp_path)])
+    lines = (tmp_path / "audit_table.md").read_text().splitlines()
+    assert lines[2].startswith("| reverse_only | 0.01 | 3 | 2/3 (max rel. err. 3.0e-02) | 0.2 [0.1, 0.3] | 0.4 [0.2, 0.6] | - |")
+    assert lines[3].startswith("| reverse_only | 0.001 | 1 | 1/1 (max rel. err. 1.0e-04) | 0.9 [0.9, 0.9] |")

@@ -24,6 +24,24 @@ class TinyClassifier(nn.Module):
         return h @ self.w2.to(x.dtype)
 
 
+class ReLUClassifier(nn.Module):
+    """Piecewise-linear MLP (nn.ReLU modules) on flattened [0, 1] images (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, in_features: int, num_classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                                 nn.Linear(16, num_classes))
+        with torch.no_grad():
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 3.0 / layer.in_features**0.5)
+                    layer.bias.copy_(0.3 * torch.randn(layer.bias.shape, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def gaussian_backbone(mu: float = 0.1, sigma0: float = 0.2) -> GaussianBackbone:
     """Closed-form VP score of N(mu, sigma0^2) data in [-1, 1] space."""
     return GaussianBackbone(VPSDE(0.1, 20.0, 1000), mu, sigma0)

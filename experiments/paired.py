@@ -1,0 +1,109 @@
+"""Paired comparison of two evaluation runs on the same images: robust counts and the images only one run keeps.
+
+    python -m experiments.paired --runs RUN_A RUN_B --out DIR
+
+For every attack both runs made and every score of it (1 forward, vote and worst of K, and the worst-of-K
+checkpoints of APGD-type attacks at their score_at iterations): n common images, robust accuracy of each run with
+its 95 % Wilson interval, the images robust only under A and only under B, and the exact two-sided sign test on
+those discordant pairs (binomial, p = 1/2). Writes paired.csv and paired.md to --out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from scipy import stats
+
+from evaluation.labels import purifier_label
+from evaluation.results import CONFIG_FILE, ImageRecord, read_records
+from experiments.common import base_parser, run_cli, run_metadata, start_cli, wilson_row, write_csv
+from utils.files import atomic_write_text
+
+CHECKPOINT_PREFIX = "worst_correct_at_"
+RULE_NAMES = {"single": "1 forward", "vote": "vote of K", "worst": "worst of K"}
+
+
+def outcomes(record: ImageRecord, key: str) -> dict[str, bool]:
+    """{score name: image still correct} of attack `key` on the defended model: each rule, and each scored
+    checkpoint ('worst of K at 25 it.') the attack recorded in its history."""
+    entry = record.attacks[key]
+    out = {RULE_NAMES.get(rule, rule): bool(value) for rule, value in entry["defended"]["correct"].items()}
+    for name, trace in entry.get("history", {}).items():
+        if name.startswith(CHECKPOINT_PREFIX) and trace in ("0", "1"):
+            out[f"worst of K at {name[len(CHECKPOINT_PREFIX):]} it."] = trace == "1"
+    return out
+
+
+def sign_test(only_a: int, only_b: int) -> float:
+    """Exact two-sided sign test p-value of the discordant pairs (1.0 when there are none)."""
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
+
+
+def compare(a: dict[int, ImageRecord], b: dict[int, ImageRecord]) -> list[dict[str, Any]]:
+    """One row per (attack, score) both runs have on every common image; clean accuracy first."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two runs share no image: compare runs of the same data subset")
+    rows = [_row("clean", "defended", [(a[i].clean["defended"]["correct"], b[i].clean["defended"]["correct"])
+                                       for i in common])]
+    for key in [k for k in a[common[0]].attacks if k in b[common[0]].attacks]:
+        per_image = [(outcomes(a[i], key), outcomes(b[i], key)) for i in common]
+        scores = [s for s in per_image[0][0] if all(s in oa and s in ob for oa, ob in per_image)]
+        rows += [_row(key, s, [(oa[s], ob[s]) for oa, ob in per_image]) for s in scores]
+    return rows
+
+
+def _row(attack: str, score: str, pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
+    """Counts, intervals and the sign test of per-image (A correct, B correct) pairs."""
+    n = len(pairs)
+    robust_a, robust_b = sum(pa for pa, _ in pairs), sum(pb for _, pb in pairs)
+    only_a, only_b = sum(pa and not pb for pa, pb in pairs), sum(pb and not pa for pa, pb in pairs)
+    wa, wb = wilson_row(robust_a, n), wilson_row(robust_b, n)
+    return {"attack": attack, "score": score, "n": n, "robust_a": robust_a, "robust_b": robust_b,
+            "a_pct": 100 * wa["p"], "a_low": 100 * wa["ci_low"], "a_high": 100 * wa["ci_high"],
+            "b_pct": 100 * wb["p"], "b_low": 100 * wb["ci_low"], "b_high": 100 * wb["ci_high"],
+            "only_a": only_a, "only_b": only_b, "sign_test_p": sign_test(only_a, only_b)}
+
+
+def run_label(run_dir: Path) -> str:
+    """The defense label of a run folder, from its config.yaml."""
+    header = run_dir / CONFIG_FILE
+    if not header.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG_FILE}): pass the folders eval_sde_adv.py "
+                                "wrote")
+    return purifier_label(yaml.safe_load(header.read_text())["config"]["purifier"])
+
+
+def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
+    """The rows as a markdown table under a header naming A and B."""
+    lines = [f"A: {label_a}", f"B: {label_b}", "",
+             "| attack | score | n | A robust % | B robust % | only A | only B | sign test p |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['attack']} | {r['score']} | {r['n']} | {r['a_pct']:.1f} [{r['a_low']:.1f}, {r['a_high']:.1f}] "
+                     f"| {r['b_pct']:.1f} [{r['b_low']:.1f}, {r['b_high']:.1f}] | {r['only_a']} | {r['only_b']} "
+                     f"| {r['sign_test_p']:.3g} |")
+    lines += ["", "Robust accuracy in %, 95 % Wilson interval in brackets; only A / only B: images one run keeps "
+              "correct and the other does not (same images, same seeds); exact two-sided sign test on those."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """CLI: compare two run folders image by image."""
+    parser = base_parser("paired", __doc__.split("\n")[0])
+    parser.add_argument("--runs", type=Path, nargs=2, required=True, metavar=("RUN_A", "RUN_B"),
+                        help="two run folders of eval_sde_adv.py on the same images")
+    argv, args, out = start_cli(parser, argv)
+    run_a, run_b = args.runs
+    labels = run_label(run_a), run_label(run_b)
+    records = read_records(run_a), read_records(run_b)
+    rows = compare(*records)
+    write_csv(out / "paired.csv", rows)
+    meta = run_metadata(argv)
+    atomic_write_text(out / "paired.md", markdown(rows, *labels)
+                      + f"\nMade by `python -m experiments.paired --runs {run_a} {run_b}` (git {meta['git']}).\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
