@@ -67,7 +67,12 @@ MUTATIONS = (
              "return score + self.guidance_scale * grad", "return score + 2.0 * self.guidance_scale * grad",
              GUIDANCE_TESTS),
     Mutation("chain factor 1/2 of the [0,1] -> [-1,1] map dropped", "runners/guidance.py",
-             "    return grad\n", "    return 2.0 * grad\n", GUIDANCE_TESTS),
+             "    return grad, labels\n", "    return 2.0 * grad, labels\n", GUIDANCE_TESTS),
+    Mutation("surrogate backward differentiates the exact ReLU classifier", "runners/guidance.py",
+             'smooth, _ = _guidance_gradient(surrogate, x, True, labels, "given")',
+             'smooth, _ = _guidance_gradient(classifier, x, True, labels, "given")', ("tests/test_surrogate.py",)),
+    Mutation("surrogate changes the forward value, not only the backward", "runners/guidance.py",
+             "return grad + (smooth - smooth.detach())", "return smooth", ("tests/test_surrogate.py",)),
     Mutation("label mode 'input' re-picks the argmax at every x_t", "runners/guidance.py",
              'LABEL_RULES.register("input")(LabelRule(path=_input_prediction, step=lambda logits, fixed: fixed))',
              'LABEL_RULES.register("input")(LabelRule(path=_input_prediction, '

@@ -133,7 +133,7 @@ def test_help_lists_every_choice_and_default(capsys):
         eval_sde_adv.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     purifiers, attacks = "{" + ",".join(PURIFIERS.names()) + "}", "{" + ",".join(ATTACKS.names()) + "}"
-    for choices in ("{detached,full,exact,create_graph,bpda}", "{exact,torchsde}", purifiers, attacks,
+    for choices in ("{detached,full,surrogate,exact,create_graph,bpda}", "{exact,torchsde}", purifiers, attacks,
                     "{standard,rand}", "{Linf,L2}"):
         assert choices in text
     assert "(default: from the config)" in text and "(default: 30.0)" in text
