@@ -1,6 +1,6 @@
 """Paired comparison of two evaluation runs on the same images: robust counts and the images only one run keeps.
 
-    python -m experiments.paired --runs RUN_A RUN_B --out DIR
+    python -m experiments.paired --runs RUN_A RUN_B --out DIR [--attacks KEY_A KEY_B]
 
 For every attack both runs made and every score of it (1 forward, vote and worst of K, and the worst-of-K
 checkpoints of APGD-type attacks at their score_at iterations): n common images, robust accuracy of each run with
@@ -41,17 +41,25 @@ def sign_test(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
 
 
-def compare(a: dict[int, ImageRecord], b: dict[int, ImageRecord]) -> list[dict[str, Any]]:
-    """One row per (attack, score) both runs have on every common image; clean accuracy first."""
+def compare(a: dict[int, ImageRecord], b: dict[int, ImageRecord],
+            attacks: Optional[tuple[str, str]] = None) -> list[dict[str, Any]]:
+    """One row per (attack, score) both runs have on every common image, clean accuracy first; with `attacks`
+    (key in A, key in B) only that pair, e.g. the demo's pgd_eot against the converged run's cascade."""
     common = sorted(set(a) & set(b))
     if not common:
         raise ValueError("the two runs share no image: compare runs of the same data subset")
     rows = [_row("clean", "defended", [(a[i].clean["defended"]["correct"], b[i].clean["defended"]["correct"])
                                        for i in common])]
-    for key in [k for k in a[common[0]].attacks if k in b[common[0]].attacks]:
-        per_image = [(outcomes(a[i], key), outcomes(b[i], key)) for i in common]
+    pairs = [(k, k) for k in a[common[0]].attacks if k in b[common[0]].attacks] if attacks is None else [attacks]
+    for key_a, key_b in pairs:
+        missing = [i for i in common if key_a not in a[i].attacks or key_b not in b[i].attacks]
+        if missing:
+            raise ValueError(f"attack {key_a!r} (A) or {key_b!r} (B) is missing for dataset index {missing[0]}: "
+                             "pass attack keys both runs have")
+        per_image = [(outcomes(a[i], key_a), outcomes(b[i], key_b)) for i in common]
         scores = [s for s in per_image[0][0] if all(s in oa and s in ob for oa, ob in per_image)]
-        rows += [_row(key, s, [(oa[s], ob[s]) for oa, ob in per_image]) for s in scores]
+        name = key_a if key_a == key_b else f"{key_a} (A) vs {key_b} (B)"
+        rows += [_row(name, s, [(oa[s], ob[s]) for oa, ob in per_image]) for s in scores]
     return rows
 
 
@@ -94,15 +102,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = base_parser("paired", __doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, nargs=2, required=True, metavar=("RUN_A", "RUN_B"),
                         help="two run folders of eval_sde_adv.py on the same images")
+    parser.add_argument("--attacks", nargs=2, metavar=("KEY_A", "KEY_B"),
+                        help="compare only this attack of A with this attack of B (default: every attack both have)")
     argv, args, out = start_cli(parser, argv)
     run_a, run_b = args.runs
     labels = run_label(run_a), run_label(run_b)
     records = read_records(run_a), read_records(run_b)
-    rows = compare(*records)
+    rows = compare(*records, None if args.attacks is None else tuple(args.attacks))
     write_csv(out / "paired.csv", rows)
     meta = run_metadata(argv)
     atomic_write_text(out / "paired.md", markdown(rows, *labels)
-                      + f"\nMade by `python -m experiments.paired --runs {run_a} {run_b}` (git {meta['git']}).\n")
+                      + f"\nMade by `python -m experiments.paired {' '.join(argv)}` (git {meta['git']}).\n")
 
 
 if __name__ == "__main__":

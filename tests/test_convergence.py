@@ -1,9 +1,11 @@
 """Cost accounting, compact traces and the converged evaluation's report, on hand-made records."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +89,8 @@ def test_paired_comparison_counts_discordant_images_and_runs_the_sign_test():
     assert (checkpoint["robust_a"], checkpoint["robust_b"], checkpoint["only_a"]) == (8, 4, 4)
     assert math.isclose(checkpoint["sign_test_p"], 2 / 2**4)
     assert sign_test(0, 0) == 1.0
+    renamed = {i: dataclasses.replace(r, attacks={"cascade": r.attacks["apgd_eot"]}) for i, r in b.items()}
+    across = {(r["attack"], r["score"]): r for r in compare(a, renamed, ("apgd_eot", "cascade"))}
+    assert across["apgd_eot (A) vs cascade (B)", "worst of K"]["only_a"] == 6
+    with pytest.raises(ValueError, match="missing for dataset index 0"):
+        compare(a, renamed, ("apgd_eot", "apgd_eot"))
