@@ -57,9 +57,16 @@ DEFINING_FIELDS = (("t_star", "t* {:g}"), ("guidance_scale", "lambda {:g}"), ("d
                    ("backend", "backend {}"))
 
 
+# the attack's view of a guidance term: nothing to state when the purifier has lambda 0
+GUIDANCE_ONLY = frozenset({"grad_mode", "surrogate_beta"})
+
+
 def defining_values(purifier: dict[str, Any]) -> str:
-    """'t* 0.1, lambda 1, dt 0.01, grad_mode full, backend exact' (every field the purifier has), or 'no purifier'."""
-    parts = [fmt.format(purifier[key]) for key, fmt in DEFINING_FIELDS if purifier.get(key) is not None]
+    """'t* 0.1, lambda 1, dt 0.01, grad_mode full, backend exact' (every field the purifier has; the guidance's
+    gradient mode only when lambda != 0), or 'no purifier'."""
+    unguided = purifier.get("guidance_scale", 1) == 0
+    parts = [fmt.format(purifier[key]) for key, fmt in DEFINING_FIELDS
+             if purifier.get(key) is not None and not (unguided and key in GUIDANCE_ONLY)]
     return ", ".join(parts) or "no purifier"
 
 

@@ -224,6 +224,8 @@ def test_labels_carry_the_defining_values():
     assert purifier_label(coup) == "coup (t* 0.1, dt 0.01, lambda 2, full grads, exact backend)"
     assert defining_values(coup) == "t* 0.1, lambda 2, dt 0.01, grad_mode full, backend exact"
     assert defining_values({"name": "reverse_only", "t_star": 0.1, "guidance_scale": 0.0}) == "t* 0.1, lambda 0"
+    assert defining_values({"name": "reverse_only", "t_star": 0.1, "guidance_scale": 0.0, "grad_mode": "full",
+                            "backend": "exact"}) == "t* 0.1, lambda 0, backend exact"
     assert attack_slug(attack) == "pgd_eot-Linf-eps8-255-8x2"
     assert attack_slug({"name": "autoattack", "version": "rand", "norm": "L2", "eps": 0.5}) == \
         "autoattack-rand-L2-eps0.5"
