@@ -27,7 +27,8 @@ def gradient_statement(purifier: dict[str, Any]) -> str:
     if backend is None:
         return "gradient: exact (no diffusion solver in the defense)"
     guided = purifier.get("guidance_scale") not in (None, 0, 0.0)
-    guidance = f", guidance term {GUIDANCE_PATHS[purifier.get('grad_mode')].format(**purifier)}" if guided else ""
+    mode = str(purifier.get("grad_mode"))
+    guidance = f", guidance term {GUIDANCE_PATHS.get(mode, mode).format(**purifier)}" if guided else ""
     if backend == "exact":
         return f"gradient: exact (backprop through the discretised solver, dt {purifier['dt']}){guidance}"
     measured = ADJOINT_FIDELITY.get(float(purifier["dt"]))

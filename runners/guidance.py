@@ -7,7 +7,7 @@ uses the Jacobian of a softplus copy of the classifier: a smooth surrogate in th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from utils.registry import Registry
 
 LabelMode = Literal["argmax", "input", "given"]
 GradMode = Literal["detached", "full", "surrogate"]
-GRAD_MODES: tuple[str, ...] = ("detached", "full", "surrogate")
+GRAD_MODES: tuple[str, ...] = get_args(GradMode)
 
 
 @dataclass(frozen=True)
