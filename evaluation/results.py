@@ -24,7 +24,7 @@ import yaml
 from utils.files import atomic_write_text, config_digest, file_sha256
 from evaluation.labels import run_slug
 from utils.paths import resolve_path
-from utils.provenance import code_version
+from utils.provenance import REPO_DIR, code_version
 
 CONFIG_FILE = "config.yaml"
 RESULTS_GLOB = "results*.jsonl"
@@ -71,15 +71,27 @@ def checkpoint_paths(resolved: Mapping[str, Any], base_dir: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def fingerprints(paths: list[Path], cache: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """{path: {size, mtime_ns, sha256}}; the sha256 is taken from cache when path, size and mtime still match."""
+def checkpoint_key(path: Path, repo_dir: Path = REPO_DIR) -> str:
+    """How a run header names a checkpoint: its path relative to the repository when inside it (so a moved or
+    fresh checkout, or a worktree, resumes the same run), else the absolute path."""
+    try:
+        return path.resolve().relative_to(repo_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def fingerprints(paths: list[Path], cache: Mapping[str, Any],
+                 repo_dir: Path = REPO_DIR) -> dict[str, dict[str, Any]]:
+    """{checkpoint_key(path): {size, mtime_ns, sha256}}; the sha256 is taken from cache when key, size and mtime
+    still match."""
     out = {}
     for path in paths:
         stat = path.stat()
-        known = cache.get(str(path)) or {}
+        key = checkpoint_key(path, repo_dir)
+        known = cache.get(key) or {}
         same = known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns
-        out[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                          "sha256": known["sha256"] if same and "sha256" in known else file_sha256(path)}
+        out[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "sha256": known["sha256"] if same and "sha256" in known else file_sha256(path)}
     return out
 
 

@@ -5,7 +5,8 @@
 # and writes its per-image records into this checkout: docs/converged/<run>/results.jsonl (committed). Then
 #   .venv/bin/python -m experiments.convergence --runs docs/converged --out docs/converged
 # writes table.csv, checkpoints.csv and convergence.png. Many CPU-hours: run it in the background, niced.
-# Env: PURIFIERS (default "none coup diffpure reverse_only"), PYTHON (default .venv/bin/python of this checkout),
+# Checkpoints are named by their path inside the repository, so the worktree (or a fresh clone) resumes the same
+# runs. Env: PURIFIERS (default "none coup diffpure reverse_only"), PYTHON (default .venv/bin/python here),
 #      LANES (default 1; 2 runs two defenses at a time, one thread each), CONVERGED_COMMIT (default the commit the
 #      committed records were started with), CONVERGED_TREE (default ../<this folder>-converged-<commit>).
 set -euo pipefail
@@ -13,7 +14,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PIN=${CONVERGED_COMMIT:-9a297c47696fff50711750791ca7280f294fbc6e}
 TREE=${CONVERGED_TREE:-$ROOT/../$(basename "$ROOT")-converged-${PIN:0:7}}
-PY=${PYTHON:-$ROOT/.venv/bin/python}
+PY=${PYTHON:-.venv/bin/python}
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, since the runs start in the worktree
 if [ ! -d "$TREE" ]; then
   git worktree add --detach "$TREE" "$PIN"
 fi
@@ -30,7 +32,10 @@ if [ "${LANES:-1}" = 2 ]; then
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   lane "${ALL[@]:0:2}" & first=$!
   lane "${ALL[@]:2}" & second=$!
-  wait "$first" "$second"
+  status=0
+  wait "$first" || status=$?
+  wait "$second" || status=$?
+  exit "$status"
 else
   lane "${ALL[@]}"
 fi

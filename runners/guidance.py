@@ -76,6 +76,8 @@ def log_prob_gradient(classifier: nn.Module, x: torch.Tensor, grad_mode: GradMod
     grad, labels = _guidance_gradient(classifier, x, grad_mode == "full" and tracking, fixed_labels, label_mode)
     if grad_mode != "surrogate" or not tracking:
         return grad
+    if surrogate is None:
+        raise ValueError("grad_mode 'surrogate' needs the surrogate classifier (classifiers.surrogate.smooth_surrogate)")
     smooth, _ = _guidance_gradient(surrogate, x, True, labels, "given")
     return grad + (smooth - smooth.detach())
 

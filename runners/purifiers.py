@@ -55,8 +55,8 @@ class PurifierConfig:
                 f"{self.t_star - self.t_end:.6g}; set dt <= t_star (t_star / dt steps are taken)")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
-        require(self.surrogate_beta is None or (self.grad_mode == "surrogate" and self.surrogate_beta > 0.0),
-                f"purifier.surrogate_beta {self.surrogate_beta} needs grad_mode 'surrogate' and a value > 0")
+        require(self.surrogate_beta is None or (self.grad_mode == "surrogate" and 0.0 < self.surrogate_beta < math.inf),
+                f"purifier.surrogate_beta {self.surrogate_beta} needs grad_mode 'surrogate' and a finite value > 0")
         require(self.guidance_scale is None or self.guidance_scale >= 0.0 or self.allow_anti_guidance,
                 f"purifier.guidance_scale {self.guidance_scale} < 0 is anti-guidance (an ablation, never a defense); "
                 "set purifier.allow_anti_guidance: true to run it anyway")
@@ -151,8 +151,8 @@ class DiffusionPurifier(Purifier):
                                     if guidance_classifier is not None else None)
         self.grid = TimeGrid.reverse(config.t_star, config.dt, config.t_end)
         self.guidance_surrogate = (smooth_surrogate(self.guidance_classifier, config.surrogate_beta)
-                                   if config.surrogate_beta is not None and self.guidance_classifier is not None
-                                   else None)
+                                   if config.surrogate_beta is not None and config.guidance_scale != 0.0
+                                   and self.guidance_classifier is not None else None)
         self.guided = GuidedScore(backbone, self.guidance_classifier, config.guidance_scale,
                                   config.label_mode, config.grad_mode, self.guidance_surrogate)
         schedule = DiscreteDDPMSchedule(backbone.sde.beta_min, backbone.sde.beta_max, backbone.sde.num_scales)
@@ -217,7 +217,8 @@ class DiffusionPurifier(Purifier):
         """torchsde sdeint / sdeint_adjoint (networks frozen unless adjoint_over_networks); no step callbacks."""
         if callback is not None:
             raise ValueError("a step callback needs the exact solver: set purifier.backend to 'exact'")
-        networks = nn.ModuleList([m for m in (self.backbone, self.guidance_classifier) if m is not None])
+        networks = nn.ModuleList([m for m in (self.backbone, self.guidance_classifier, self.guidance_surrogate)
+                                  if m is not None])
         return solve_torchsde(self.backbone.sde, score_fn, x_start, self.grid, z,
                               networks=networks if self.config.adjoint_over_networks else None)
 

@@ -357,3 +357,20 @@ def test_certify_unwritable_output_is_one_line(tmp_path, caplog):
     config = certify_config(tmp_path, run={"output_dir": str(blocker / "out")})
     line = refused(caplog, certify_diffsmooth.cli(["--config", str(config)]), blocker / "out")
     assert "output folder" in line
+
+
+def test_checkpoint_fingerprints_name_files_by_repository_path_so_a_moved_checkout_resumes(tmp_path):
+    """The same checkpoint bytes in two checkouts at different places give the same run identity; other bytes do not."""
+    for checkout in ("a", "b"):
+        (tmp_path / checkout / "pretrained").mkdir(parents=True)
+        (tmp_path / checkout / "pretrained" / "model.pt").write_bytes(b"weights")
+    first = results.fingerprints([tmp_path / "a" / "pretrained" / "model.pt"], {}, tmp_path / "a")
+    moved = results.fingerprints([tmp_path / "b" / "pretrained" / "model.pt"], {}, tmp_path / "b")
+    assert list(first) == list(moved) == ["pretrained/model.pt"]
+    stored = {"code_version": "v", "checkpoints": first}
+    assert results.RunIdentity("h", "v", moved).changes(stored) == []
+    (tmp_path / "b" / "pretrained" / "model.pt").write_bytes(b"other weights")
+    changed = results.fingerprints([tmp_path / "b" / "pretrained" / "model.pt"], {}, tmp_path / "b")
+    assert results.RunIdentity("h", "v", changed).changes(stored)[0].startswith("checkpoint pretrained/model.pt changed")
+    outside = results.checkpoint_key(tmp_path / "a" / "pretrained" / "model.pt", tmp_path / "b")
+    assert outside == str((tmp_path / "a" / "pretrained" / "model.pt").resolve())

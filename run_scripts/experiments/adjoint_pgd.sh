@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 for dt in ${DTS:-0.01 0.002}; do
   out=docs/adjoint_pgd/dt$dt
+  [ "${NUM_SUB:-16}" = 16 ] || out=$out/n$NUM_SUB  # one folder per image count, so each glob below finds one run
   for backend in exact torchsde; do
     "$PY" eval_sde_adv.py --config configs/demo.yml --purifier reverse_only --num_sub "${NUM_SUB:-16}" \
       --set purifier.dt="$dt" --set eval.save_examples=0 --backend "$backend" --output_dir "$out/$backend"
