@@ -75,17 +75,26 @@ def _row(attack: str, score: str, pairs: list[tuple[bool, bool]]) -> dict[str, A
             "only_a": only_a, "only_b": only_b, "sign_test_p": sign_test(only_a, only_b)}
 
 
-def run_label(run_dir: Path) -> str:
-    """The defense label of a run folder, from its config.yaml."""
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config of a run folder, from its config.yaml."""
     header = run_dir / CONFIG_FILE
     if not header.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG_FILE}): pass the folders eval_sde_adv.py "
                                 "wrote")
-    return purifier_label(yaml.safe_load(header.read_text())["config"]["purifier"])
+    return yaml.safe_load(header.read_text())["config"]
 
 
-def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
-    """The rows as a markdown table under a header naming A and B."""
+def seed_note(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Whether the two runs share the seeds that make a pairing exact: eval seed (attack and noise draws), data."""
+    keys = {"eval seed": lambda c: c["eval"]["seed"], "dataset": lambda c: c["data"]["name"],
+            "data seed": lambda c: c["data"]["data_seed"]}
+    differ = [f"{name} {get(a)} vs {get(b)}" for name, get in keys.items() if get(a) != get(b)]
+    return ("Same eval seed, dataset and data seed: each image is paired with the same noise and attack seeds."
+            if not differ else f"The runs differ in {', '.join(differ)}: images are paired, seeds are not.")
+
+
+def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str, note: str = "") -> str:
+    """The rows as a markdown table under a header naming A and B, then `note`."""
     lines = [f"A: {label_a}", f"B: {label_b}", "",
              "| attack | score | n | A robust % | B robust % | only A | only B | sign test p |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -93,7 +102,7 @@ def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
                      f"| {r['b_pct']:.1f} [{r['b_low']:.1f}, {r['b_high']:.1f}] | {r['only_a']} | {r['only_b']} "
                      f"| {r['sign_test_p']:.3g} |")
     lines += ["", "Robust accuracy in %, 95 % Wilson interval in brackets; only A / only B: images one run keeps "
-              "correct and the other does not (same images, same seeds); exact two-sided sign test on those."]
+              "correct and the other does not (same images); exact two-sided sign test on those."] + ([note] if note else [])
     return "\n".join(lines) + "\n"
 
 
@@ -106,12 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="compare only this attack of A with this attack of B (default: every attack both have)")
     argv, args, out = start_cli(parser, argv)
     run_a, run_b = args.runs
-    labels = run_label(run_a), run_label(run_b)
+    configs = run_config(run_a), run_config(run_b)
     records = read_records(run_a), read_records(run_b)
     rows = compare(*records, None if args.attacks is None else tuple(args.attacks))
     write_csv(out / "paired.csv", rows)
     meta = run_metadata(argv)
-    atomic_write_text(out / "paired.md", markdown(rows, *labels)
+    labels = purifier_label(configs[0]["purifier"]), purifier_label(configs[1]["purifier"])
+    atomic_write_text(out / "paired.md", markdown(rows, *labels, seed_note(*configs))
                       + f"\nMade by `python -m experiments.paired {' '.join(argv)}` (git {meta['git']}).\n")
 
 

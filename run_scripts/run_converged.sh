@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PIN=${CONVERGED_COMMIT:-9a297c47696fff50711750791ca7280f294fbc6e}
+PIN=${CONVERGED_COMMIT:-cc202b91c6e005388fcd145945ac5fcbbf09c968}
 TREE=${CONVERGED_TREE:-$ROOT/../$(basename "$ROOT")-converged-${PIN:0:7}}
 PY=${PYTHON:-.venv/bin/python}
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, since the runs start in the worktree

@@ -13,7 +13,7 @@ from attacks.accounting import measured, paper_projection
 from attacks.traces import decode_correct, encode_history
 from evaluation.results import ImageRecord
 from experiments.convergence import checkpoint_counts, curves, stage_table
-from experiments.paired import compare, sign_test
+from experiments.paired import compare, seed_note, sign_test
 from runners.gradient_path import gradient_statement
 
 
@@ -94,3 +94,10 @@ def test_paired_comparison_counts_discordant_images_and_runs_the_sign_test():
     assert across["apgd_eot (A) vs cascade (B)", "worst of K"]["only_a"] == 6
     with pytest.raises(ValueError, match="missing for dataset index 0"):
         compare(a, renamed, ("apgd_eot", "apgd_eot"))
+
+
+def test_paired_note_says_whether_the_seeds_match():
+    config = {"eval": {"seed": 121}, "data": {"name": "fashion-mnist", "data_seed": 0, "num_sub": 32}}
+    other = {"eval": {"seed": 7}, "data": {"name": "fashion-mnist", "data_seed": 0, "num_sub": 64}}
+    assert seed_note(config, dict(config, data={**config["data"], "num_sub": 64})).startswith("Same eval seed")
+    assert seed_note(config, other) == "The runs differ in eval seed 121 vs 7: images are paired, seeds are not."

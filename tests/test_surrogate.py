@@ -75,6 +75,8 @@ def test_surrogate_score_has_the_exact_value_and_the_surrogates_jacobian():
 def test_surrogate_purifier_forward_is_coup_and_gradient_tends_to_the_exact_one():
     x, seeds = _images(), torch.tensor([5, 6])
     full, surrogate = _purifier("full"), _purifier("surrogate", surrogate_beta=3.0)
+    tracked = x.clone().requires_grad_(True)  # the surrogate branch runs only when the input is tracked
+    assert torch.equal(full(tracked, seeds), surrogate(tracked, seeds))
     assert torch.equal(full(x, seeds), surrogate(x, seeds))
     exact = _input_gradient(full, x, seeds)
     assert not torch.allclose(_input_gradient(surrogate, x, seeds), exact, atol=1e-4)
@@ -94,3 +96,22 @@ def test_surrogate_config_defaults_labels_and_errors():
         from_dict(PurifierConfig, {"grad_mode": "full", "surrogate_beta": 5.0}, "purifier")
     with pytest.raises(ConfigError, match="grad_mode"):
         from_dict(PurifierConfig, {"grad_mode": "smooth"}, "purifier")
+
+
+def test_surrogate_on_the_torchsde_backend_matches_the_exact_backend_within_the_adjoints_error():
+    """Same forward on both backends; the adjoint's surrogate gradient tends to the exact backend's (Gaussian score)."""
+    x, seeds = _images(), torch.tensor([5, 6])
+    exact = _purifier("surrogate", surrogate_beta=3.0)
+    adjoint = _purifier("surrogate", surrogate_beta=3.0, backend="torchsde")
+    assert torch.allclose(exact(x, seeds), adjoint(x, seeds), atol=1e-10)
+    g_exact, g_adjoint = _input_gradient(exact, x, seeds), _input_gradient(adjoint, x, seeds)
+    assert F.cosine_similarity(g_exact.flatten(), g_adjoint.flatten(), dim=0) > 0.99
+    assert not torch.allclose(g_adjoint, _input_gradient(_purifier("full", backend="torchsde"), x, seeds), atol=1e-4)
+
+
+def test_surrogate_is_only_built_when_there_is_a_guidance_term():
+    config = PurifierConfig(name="coup", t_star=0.05, dt=1e-2, guidance_scale=0.0, grad_mode="surrogate")
+    purifier = DiffusionPurifier(gaussian_backbone(), config, TinyClassifier(4).double())  # no ReLU: fine at lambda 0
+    assert purifier.guidance_surrogate is None
+    with pytest.raises(ConfigError, match="finite value > 0"):
+        from_dict(PurifierConfig, {"grad_mode": "surrogate", "surrogate_beta": float("inf")}, "purifier")
