@@ -10,7 +10,8 @@
     python -m experiments.gradient_audit --config configs/demo.yml --purifier reverse_only --num-images 4 --dt 0.01
 
 Writes gradient_audit.json / .csv to --out. A check fails (and is flagged) when no h brings the finite difference
-within --fd-tolerance (relative) of the analytic directional derivative along the gradient.
+within --fd-tolerance (relative) of the analytic directional derivative along the gradient. Auditing a config with
+grad_mode 'surrogate' flags it by design: its gradient is the surrogate's, not the defense's.
 """
 from __future__ import annotations
 
