@@ -5,8 +5,9 @@
 Per defense: clean accuracy, the robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the
 stages), with 95 % Wilson intervals over the images finished so far; the convergence check (worst-case robust
 count of each APGD-type stage at its scored iterations: doubling the last budget must change it by at most one
-image); and a figure of robust accuracy against iterations (an image counts as broken from the first iteration at
-which every EOT sample misclassified it, cumulative over the cascade) for each attack and defense.
+image); and a figure against iterations for each attack and defense of the images not yet fooled (an image counts
+as fooled from the first iteration at which any of its EOT samples misclassified it, cumulative over the cascade;
+images a stage without a trace, PGD-EOT, broke count as fooled from the start of the next stage).
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def checkpoint_counts(records: list[ImageRecord]) -> list[dict[str, Any]]:
 
 
 def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
-    """{stage: (T + 1,) fraction of all images not yet broken at each iteration}, broken = all EOT samples wrong
-    at some iteration so far, in this stage or an earlier one (images broken before the stage stay broken)."""
+    """{stage: (T + 1,) fraction of all images not yet fooled at each iteration}, fooled = some EOT sample wrong
+    at some iteration so far, in this stage or an earlier one (images broken before the stage stay broken, also by a
+    stage without a trace)."""
     out: dict[str, np.ndarray] = {}
     n = len(records)
     alive = np.ones(n, dtype=bool)
@@ -78,6 +80,7 @@ def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
         traces = [r.attacks[CASCADE_KEY].get("history", {}).get(f"{stage}.correct") for r in records]
         length = max((len(t) for t in traces if t), default=0)
         if length == 0:
+            alive &= np.array([_broken_by(r) != stage for r in records])
             continue
         ok = np.ones((n, length), dtype=bool)
         for b, trace in enumerate(traces):
@@ -95,7 +98,7 @@ def plot(all_curves: dict[str, dict[str, np.ndarray]], out: Path) -> Path:
     for ax, (purifier, stage_curves) in zip(axes[0], all_curves.items()):
         for stage, curve in stage_curves.items():
             ax.plot(np.arange(len(curve)), 100 * curve, label=stage)
-        label_axes(ax, "iteration", "not yet broken (%)", purifier)
+        label_axes(ax, "iteration", "not yet fooled on any EOT sample (%)", purifier)
     return save_figure(fig, out / "convergence.png")
 
 

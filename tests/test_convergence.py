@@ -36,6 +36,18 @@ def test_report_counts_the_cascade_per_stage_and_iteration():
     assert np.allclose(got["a"], [1, 1, 2 / 3]) and np.allclose(got["b"], [2 / 3, 1 / 3])
 
 
+def test_curves_count_images_a_stage_without_trace_broke():
+    """PGD-EOT stores no trace: the image it broke starts the next stage as fooled."""
+    untraced = ImageRecord(index=0, batch=0, label=0, seeds={}, clean={"defended": {"correct": True}},
+                           purified_range=(0.0, 1.0), purified_sum=0.0, clean_margin=1.0,
+                           attacks={"cascade": {"extra": {"broken_by": "pgd", "stages_run": ["pgd"]}, "history": {}}})
+    survivor = ImageRecord(index=1, batch=0, label=0, seeds={}, clean={"defended": {"correct": True}},
+                           purified_range=(0.0, 1.0), purified_sum=0.0, clean_margin=1.0,
+                           attacks={"cascade": {"extra": {"broken_by": None, "stages_run": ["pgd", "b"]},
+                                                "history": {"b.correct": "11"}}})
+    assert np.allclose(curves([untraced, survivor])["b"], [0.5, 0.5])
+
+
 def test_traces_are_compact_and_decode():
     history = {"loss": torch.tensor([[0.123456, float("nan")]]), "correct": torch.tensor([[1.0, float("nan")]])}
     encoded = encode_history(history, 0)
