@@ -27,7 +27,13 @@ class CascadeConfig:
         for i, entry in enumerate(self.attacks):
             require(isinstance(entry, dict) and "name" in entry, f"attack.attacks[{i}]: needs a 'name'")
             require(entry["name"] != "cascade", f"attack.attacks[{i}]: a cascade cannot contain a cascade")
-            attack_config(entry["name"], {k: v for k, v in entry.items() if k != "name"})
+        stage_configs(self)
+
+
+def stage_configs(config: CascadeConfig) -> list[tuple[str, str, Any]]:
+    """(stage key, attack name, validated attack config) of each stage, in order."""
+    return [(key, entry["name"], attack_config(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+            for key, entry in zip(stage_keys(config), config.attacks)]
 
 
 def stage_keys(config: CascadeConfig) -> list[str]:
@@ -58,9 +64,8 @@ class Cascade:
 
     def __init__(self, config: Mapping[str, Any] | CascadeConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
-        self.stages: list[tuple[str, Attack]] = [
-            (key, build_attack(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
-            for key, entry in zip(stage_keys(self.config), self.config.attacks)]
+        self.stages: list[tuple[str, Attack]] = [(key, build_attack(name, stage_config))
+                                                 for key, name, stage_config in stage_configs(self.config)]
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
@@ -112,4 +117,4 @@ def stage_callback(callback: Optional[IterationCallback], stage: int, stages: in
     return lambda i, n: callback(stage * n + i, stages * n)
 
 
-__all__ = ["Cascade", "CascadeConfig", "stage_callback", "stage_keys"]
+__all__ = ["Cascade", "CascadeConfig", "stage_callback", "stage_configs", "stage_keys"]

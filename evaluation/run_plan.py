@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.cascade import stage_keys
+from attacks.cascade import stage_configs
 from attacks.common import seeded_call
-from attacks.registry import attack_config
 from evaluation.experiment import AttackSpec
 from utils.progress import format_duration
 
@@ -46,11 +45,8 @@ class AttackBudget:
 def config_budget(key: str, config: object) -> AttackBudget:
     """The budget of one attack config (PGD: iterations / eot_samples; AutoAttack: n_iter / eot_iter; scoring:
     eval_samples at the end and at each score_at iteration; a cascade: the sum of its stages)."""
-    entries = getattr(config, "attacks", None)
-    if entries:
-        stages = tuple(config_budget(stage_key, attack_config(entry["name"],
-                                                              {k: v for k, v in entry.items() if k != "name"}))
-                       for stage_key, entry in zip(stage_keys(config), entries))
+    if getattr(config, "attacks", None):
+        stages = tuple(config_budget(key, stage_config) for key, _, stage_config in stage_configs(config))
         return AttackBudget(key, sum(s.iterations for s in stages), 1, sum(s.scoring for s in stages), stages)
     iterations = getattr(config, "iterations", None) or getattr(config, "n_iter", None) or AUTOATTACK_ITERATIONS
     eot = getattr(config, "eot_samples", None) or getattr(config, "eot_iter", None) or 1

@@ -16,12 +16,12 @@ import yaml
 from scipy import stats
 
 from evaluation.labels import purifier_label
+from evaluation.report import RULE_NAMES
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
 from experiments.common import base_parser, run_cli, run_metadata, start_cli, wilson_row, write_csv
 from utils.files import atomic_write_text
 
 CHECKPOINT_PREFIX = "worst_correct_at_"
-RULE_NAMES = {"single": "1 forward", "vote": "vote of K", "worst": "worst of K"}
 
 
 def outcomes(record: ImageRecord, key: str) -> dict[str, bool]:
