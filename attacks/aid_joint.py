@@ -8,18 +8,14 @@ differentiated directly. With lambda = 0 this is pgd_eot with the same seeds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.checks import check_zero_gradients
-from attacks.common import IterationCallback, repeat_seeds
-from attacks.pgd import BALLS, PGDEOT, PGDEOTConfig, eot_gradient
+from attacks.pgd import PGDEOT, AscentGradient, PGDEOTConfig
 from runners.aid import AIDDiscriminator, AIDPurifier
 from utils.config import require
-from utils.seeds import SeedStage
 
 
 @dataclass(frozen=True)
@@ -57,25 +53,12 @@ class PGDAIDJoint(PGDEOT):
     name = "pgd_aid_joint"
     config_class: type = PGDAIDJointConfig
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, Optional[str]]:
-        """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
-        config, ball = self.config, BALLS[self.config.norm]
-        discriminator, forward = aid_discriminator(model), self.gradient_forward(model)
-        x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
-        zero_gradient_flag = None
-        for step in range(config.iterations):
-            noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
-            grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
-            grad = grad + config.joint_weight * log_clean_gradient(discriminator, x_adv)
-            if step == 0 and config.sanity_checks:
-                zero_gradient_flag = check_zero_gradients(grad)
-            delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
-            x_adv = (x + delta).clamp(0.0, 1.0).detach()
-            if callback is not None:
-                callback(step + 1, config.iterations)
-        return x_adv, zero_gradient_flag
-
+    def ascent_gradient(self, model: nn.Module) -> AscentGradient:
+        """grad_x [CE(f(P(x)), y) + lambda log D(x)]: PGDEOT's EOT CE gradient plus the discriminator's term."""
+        discriminator, ce_gradient = aid_discriminator(model), super().ascent_gradient(model)
+        weight = self.config.joint_weight
+        return lambda x_adv, y, noise_seeds: (ce_gradient(x_adv, y, noise_seeds)
+                                              + weight * log_clean_gradient(discriminator, x_adv))
 
 
 __all__ = ["PGDAIDJoint", "PGDAIDJointConfig", "aid_discriminator", "log_clean_gradient"]

@@ -22,8 +22,9 @@ from attacks.aggregation import AGGREGATIONS, NOISE_MODES, score_fixed
 from attacks.checks import check_zero_gradients, run_sanity_checks
 from attacks.common import AttackOutput, IterationCallback, score_samples, seeded_call
 from attacks.losses import LOSSES
-from attacks.pgd import BALLS, DEFAULT_EPS, PGDEOT
+from attacks.pgd import BALLS, PGDEOT
 from attacks.registry import check_attack_inputs
+from attacks.threat import ThreatConfig
 from utils.config import from_dict, require
 
 # (x_rep (K * B, C, H, W), y_rep (K * B,), noise seeds (K * B,)) -> (per-row loss (K * B,), logits (K * B, classes))
@@ -31,11 +32,9 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Ten
 
 
 @dataclass(frozen=True)
-class ApgdEotConfig:
+class ApgdEotConfig(ThreatConfig):
     """APGD-EOT: `iterations` steps, each on `loss` over `eot_samples` forwards of one batched call."""
 
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
     iterations: int = 100
     eot_samples: int = 20
     loss: Literal["ce", "dlr"] = "ce"
@@ -45,26 +44,19 @@ class ApgdEotConfig:
     rho: float = 0.75
     momentum: float = 0.75
     random_start: bool = True
-    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores of x_adv
     score_at: tuple[int, ...] = ()  # also score the attack's point after these iterations (convergence curve)
     sanity_checks: bool = True
 
     def __post_init__(self) -> None:
-        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
+        super().__post_init__()
         require(self.iterations >= 1, f"attack.iterations must be >= 1, got {self.iterations}")
         require(self.eot_samples >= 1, f"attack.eot_samples must be >= 1, got {self.eot_samples}")
-        require(self.eval_samples >= 1, f"attack.eval_samples must be >= 1, got {self.eval_samples}")
         require(self.em_steps >= 1, f"attack.em_steps must be >= 1, got {self.em_steps}")
         require(0.0 < self.rho <= 1.0 and 0.0 < self.momentum <= 1.0, "attack.rho and attack.momentum lie in (0, 1]")
         require(self.noise == "random" or self.eot_samples == 1,
                 "attack.noise 'fixed' draws one noise per image: set eot_samples to 1")
         require(all(1 <= t <= self.iterations for t in self.score_at),
                 f"attack.score_at entries must lie in [1, iterations={self.iterations}], got {list(self.score_at)}")
-
-    @property
-    def radius(self) -> float:
-        """The perturbation budget eps."""
-        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
 
     @property
     def alpha(self) -> float:

@@ -3,12 +3,13 @@ and of its adversarially trained classifiers in Sec. 5.4.1, run through pyautoat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from attacks.autoattack import CHECKS_RUN, DEFAULT_EPS, AutoAttackEval
+from attacks.autoattack import CHECKS_RUN, AutoAttackEval
+from attacks.threat import ThreatConfig
 from utils.compat import autoattack_class
 from utils.config import require
 
@@ -18,28 +19,20 @@ APGD_FIELDS = ("n_iter", "n_restarts", "eot_iter")
 
 
 @dataclass(frozen=True)
-class ApgdCeConfig:
+class ApgdCeConfig(ThreatConfig):
     """APGD on the cross-entropy loss: norm, eps, iterations, restarts and EOT samples per gradient."""
 
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
     n_iter: int = 100
     n_restarts: int = 1
     eot_iter: int = 1  # gradient samples per step; 20 (AutoAttack 'rand') for stochastic defenses
     batch_size: Optional[int] = None  # AutoAttack's internal batch size; None: the whole input at once
-    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores of x_adv
 
     def __post_init__(self) -> None:
-        require(self.eps is None or self.eps > 0, f"attack.eps must be > 0, got {self.eps}")
-        for name in (*APGD_FIELDS, "eval_samples"):
+        super().__post_init__()
+        for name in APGD_FIELDS:
             require(getattr(self, name) >= 1, f"attack.{name} must be >= 1, got {getattr(self, name)}")
         require(self.batch_size is None or self.batch_size >= 1,
                 f"attack.batch_size must be >= 1, got {self.batch_size}")
-
-    @property
-    def radius(self) -> float:
-        """The perturbation budget eps."""
-        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
 
 
 class ApgdCeEval(AutoAttackEval):

@@ -10,10 +10,10 @@ from torch import nn
 from attacks.checks import recorded_flags
 from attacks.common import AttackOutput, IterationCallback, score_samples
 from attacks.registry import check_attack_inputs
+from attacks.threat import ThreatConfig
 from utils.compat import autoattack_class, reset_dynamic_check
 from utils.config import from_dict, require
 
-DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}
 # the checks run_standard_evaluation runs for each version (check_randomized is skipped for 'rand')
 CHECKS_RUN = {
     "standard": ("check_randomized", "check_range_output", "check_dynamic", "check_n_classes",
@@ -25,31 +25,21 @@ BUDGET_TARGETS = {"n_iter": ("apgd", "apgd_targeted", "fab"), "n_queries": ("squ
 
 
 @dataclass(frozen=True)
-class AutoAttackConfig:
+class AutoAttackConfig(ThreatConfig):
     """AutoAttack with a fixed version, norm and eps; always seeded, never a custom attack list."""
 
     version: Literal["standard", "rand"] = "standard"
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
     batch_size: Optional[int] = None  # AutoAttack's internal batch size; None: the whole input at once
-    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores of x_adv
     n_iter: Optional[int] = None  # APGD / APGD-T / FAB iterations (None: 100); cut only for tests and smoke runs
     n_queries: Optional[int] = None  # Square queries (None: 5000)
     eot_iter: Optional[int] = None  # APGD EOT samples (None: 1, or 20 for 'rand')
 
     def __post_init__(self) -> None:
-        require(self.eps is None or 0 < self.eps <= 1,
-                f"attack.eps must lie in (0, 1] (images are in [0, 1]; 8/255 = 0.0314), got {self.eps}")
+        super().__post_init__()
         for budget in BUDGET_TARGETS:
             value = getattr(self, budget)
             require(value is None or value >= 1, f"attack.{budget} must be >= 1 or null, got {value}")
         require(self.batch_size is None or self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
-        require(self.eval_samples >= 1, f"attack.eval_samples must be >= 1, got {self.eval_samples}")
-
-    @property
-    def radius(self) -> float:
-        """The perturbation budget eps."""
-        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
 
 
 class AutoAttackEval:

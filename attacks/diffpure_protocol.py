@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
 from attacks.common import AttackOutput, LogitsFn, repeat_seeds, score_samples, seeded_call
-from attacks.pgd import BALLS, PGDEOT, PGDEOTConfig, straight_through
+from attacks.pgd import PGDEOT, PGDEOTConfig, straight_through
 from attacks.registry import check_attack_inputs
 from utils.config import require
 from utils.seeds import SeedStage
@@ -75,7 +75,7 @@ class DiffPureProtocolPGD(PGDEOT):
     def protocol(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[str]]:
         """(x_adv (B, ...), defended (B,) bool, DiffPure's predictions (B,), the first step's zero-gradient flag)."""
-        config, ball = self.config, BALLS[self.config.norm]
+        config = self.config
         forward = self.gradient_forward(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         x_out, predictions = x_adv.clone(), y.clone()
@@ -93,8 +93,7 @@ class DiffPureProtocolPGD(PGDEOT):
                 predictions[broken] = confirmed[confirmed != y[suspects]]
             if not bool(defended.any()) or step == config.iterations:
                 break
-            delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
-            x_adv = (x + delta).clamp(0.0, 1.0).detach()
+            x_adv = self.projected_step(x, x_adv, grad)
         x_out[defended] = x_adv[defended]
         return x_out, defended, predictions, zero_gradient_flag
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,40 +12,31 @@ from attacks.checks import check_zero_gradients, run_sanity_checks
 from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import check_attack_inputs
+from attacks.threat import ThreatConfig
 from utils.config import from_dict, require
 from utils.seeds import SeedStage, derive_seeds, per_row
 
-Norm = Literal["Linf", "L2"]
-DEFAULT_EPS = {"Linf": 8.0 / 255.0, "L2": 0.5}
+# (x_adv (B, C, H, W), y (B,), noise seeds (K * B,)) -> the gradient a PGD step ascends (B, C, H, W)
+AscentGradient = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # the step size 0.007 at Linf eps 8/255 as a fraction of eps, used for any norm and eps by default
 STEP_FRACTION = 0.007 / (8.0 / 255.0)
 
 
 @dataclass(frozen=True)
-class PGDEOTConfig:
+class PGDEOTConfig(ThreatConfig):
     """PGD-EOT: `iterations` steps, each on the CE loss averaged over `eot_samples` forwards of one batched call."""
 
-    norm: Norm = "Linf"
-    eps: Optional[float] = None  # None: 8/255 for Linf, 0.5 for L2
     iterations: int = 200
     eot_samples: int = 20
     step_size: Optional[float] = None  # None: STEP_FRACTION * eps (0.007 at Linf 8/255)
     random_start: bool = True
-    eval_samples: int = 10  # stochastic forwards for the single / vote / worst-case scores
     sanity_checks: bool = True  # AutoAttack's checks once per run() call, and the zero-gradient check
 
     def __post_init__(self) -> None:
-        require(self.eps is None or 0 < self.eps <= 1,
-                f"attack.eps must lie in (0, 1] (images are in [0, 1]; 8/255 = 0.0314), got {self.eps}")
+        super().__post_init__()
         require(self.step_size is None or self.step_size > 0, f"attack.step_size must be > 0, got {self.step_size}")
         require(self.iterations >= 1, f"attack.iterations must be >= 1, got {self.iterations}")
         require(self.eot_samples >= 1, f"attack.eot_samples must be >= 1, got {self.eot_samples}")
-        require(self.eval_samples >= 1, f"attack.eval_samples must be >= 1, got {self.eval_samples}")
-
-    @property
-    def radius(self) -> float:
-        """The perturbation budget eps."""
-        return DEFAULT_EPS[self.norm] if self.eps is None else self.eps
 
     @property
     def alpha(self) -> float:
@@ -157,20 +148,30 @@ class PGDEOT:
         delta = per_row(seeds, lambda g: ball.start(tuple(x.shape[1:]), eps, g, x.dtype), x.device)
         return (x + delta).clamp(0.0, 1.0)
 
+    def ascent_gradient(self, model: nn.Module) -> AscentGradient:
+        """(x_adv, y, noise seeds (K * B,)) -> the direction each step ascends: the EOT CE gradient."""
+        forward, samples = self.gradient_forward(model), self.config.eot_samples
+        return lambda x_adv, y, noise_seeds: eot_gradient(forward, x_adv, y, samples, noise_seeds)
+
+    def projected_step(self, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """x + P(x_adv + alpha s(grad) - x), clipped to [0, 1] and detached (B, C, H, W); P projects on the eps ball."""
+        ball = BALLS[self.config.norm]
+        delta = ball.project(x_adv + ball.step(grad, self.config.alpha) - x, self.config.radius)
+        return (x + delta).clamp(0.0, 1.0).detach()
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                 seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, Optional[str]]:
         """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
-        config, ball = self.config, BALLS[self.config.norm]
-        forward = self.gradient_forward(model)
+        config = self.config
+        gradient = self.ascent_gradient(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag = None
         for step in range(config.iterations):
             noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
-            grad = eot_gradient(forward, x_adv, y, config.eot_samples, noise_seeds)
+            grad = gradient(x_adv, y, noise_seeds)
             if step == 0 and config.sanity_checks:
                 zero_gradient_flag = check_zero_gradients(grad)
-            delta = ball.project(x_adv + ball.step(grad, config.alpha) - x, config.radius)
-            x_adv = (x + delta).clamp(0.0, 1.0).detach()
+            x_adv = self.projected_step(x, x_adv, grad)
             if callback is not None:
                 callback(step + 1, config.iterations)
         return x_adv, zero_gradient_flag
@@ -208,4 +209,4 @@ class BPDAEOT(PGDEOT):
 
 
 
-__all__ = ["BPDAEOT", "BPDAEOTConfig", "PGDEOT", "PGDEOTConfig", "eot_gradient", "straight_through"]
+__all__ = ["AscentGradient", "BPDAEOT", "BPDAEOTConfig", "PGDEOT", "PGDEOTConfig", "eot_gradient", "straight_through"]

@@ -25,7 +25,7 @@ from runners.defended import PurifierContext, PurifierSpec
 from runners.purifiers import Purifier
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
 from utils.config import require
-from utils.images import check_images
+from utils.images import check_images, refuse_inference_mode
 
 WIDTH = 1024  # the release's DIM: encoder width per tap
 AIDGradMode = Literal["exact", "create_graph", "bpda"]
@@ -201,9 +201,7 @@ class AIDPurifier(Purifier):
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Purified x (B, C, H, W) in [0, 1] within eps (Linf) of x; noise_seeds and labels are unused."""
         check_images(x)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("AID purification differentiates its discriminator: use torch.no_grad(), "
-                               "not torch.inference_mode()")
+        refuse_inference_mode("AID purification differentiates its discriminator")
         return PURIFY_MODES[self.grad_mode](self, x)
 
 

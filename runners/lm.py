@@ -31,7 +31,7 @@ from runners.purifiers import Purifier
 from diffusion.backbone import VPBackbone
 from diffusion.sde import VPSDE, _per_sample
 from utils.config import require
-from utils.images import check_images, to_diffusion_space, to_image_space
+from utils.images import check_images, refuse_inference_mode, to_diffusion_space, to_image_space
 from utils.registry import Registry
 from utils.seeds import derive_seeds
 
@@ -201,9 +201,7 @@ class LikelihoodMaximizationPurifier(Purifier):
                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Purified x (B, C, H, W) in [0, 1]; noise_seeds (B,) fix each row's noise; labels for label_mode 'given'."""
         check_images(x)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("likelihood maximization differentiates the diffusion model: use torch.no_grad(), "
-                               "not torch.inference_mode()")
+        refuse_inference_mode("likelihood maximization differentiates the diffusion model")
         if self.config.grad_mode == "bpda":
             return x + (self.maximize(x.detach(), noise_seeds, labels) - x).detach()
         return self.maximize(x, noise_seeds, labels)

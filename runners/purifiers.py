@@ -18,7 +18,7 @@ from runners.torchsde_backend import solve_torchsde
 from diffusion.backbone import VPBackbone
 from diffusion.sde import DiscreteDDPMSchedule, ScoreFn
 from utils.config import require
-from utils.images import check_dtype, check_images, to_diffusion_space, to_image_space
+from utils.images import check_dtype, check_images, refuse_inference_mode, to_diffusion_space, to_image_space
 from utils.registry import Registry
 
 Backend = Literal["exact", "torchsde"]
@@ -181,9 +181,8 @@ class DiffusionPurifier(Purifier):
         """Checked x (B, C, H, W) in [0, 1] -> (the score along this path, the noise table (1 + n_steps, B, ...))."""
         check_images(x)
         check_dtype(x, self)
-        if self.config.guidance_scale != 0.0 and torch.is_inference_mode_enabled():
-            raise RuntimeError("guided purification differentiates the classifier: use torch.no_grad(), "
-                               "not torch.inference_mode()")
+        if self.config.guidance_scale != 0.0:
+            refuse_inference_mode("guided purification differentiates the classifier")
         labels = self.guided.path_labels(x, labels)
         return (lambda x_t, t: self.guided(x_t, t, labels)), self.draw_noise(x, noise_seeds)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attacks.apgd import ApgdEotConfig
+from attacks.apgd_ce import ApgdCeConfig
 from attacks.autoattack import AutoAttackConfig
 from attacks.pgd import PGDEOTConfig
 from runners.defended import DefendedClassifier
@@ -47,12 +49,34 @@ def test_negative_guidance_needs_the_explicit_opt_in():
     assert PurifierConfig(guidance_scale=-1.0, allow_anti_guidance=True).guidance_scale == -1.0
 
 
-@pytest.mark.parametrize("config_type", [PGDEOTConfig, AutoAttackConfig])
-@pytest.mark.parametrize("eps", [1.5, 8.0, 0.0, -0.1])
-def test_eps_outside_the_image_range_is_refused(config_type, eps):
+THREAT_CONFIGS = [PGDEOTConfig, ApgdEotConfig, ApgdCeConfig, AutoAttackConfig]
+
+
+@pytest.mark.parametrize("config_type", THREAT_CONFIGS)
+@pytest.mark.parametrize("eps", [1.5, 8.0])
+def test_linf_eps_outside_the_image_range_is_refused(config_type, eps):
     with pytest.raises(ConfigError) as err:
         config_type(eps=eps)
-    assert "(0, 1]" in one_line(err)
+    assert "(0, 1] for Linf" in one_line(err)
+
+
+@pytest.mark.parametrize("config_type", THREAT_CONFIGS)
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+@pytest.mark.parametrize("eps", [0.0, -0.1])
+def test_non_positive_eps_is_refused(config_type, norm, eps):
+    with pytest.raises(ConfigError) as err:
+        config_type(norm=norm, eps=eps)
+    assert "must be > 0" in one_line(err)
+
+
+@pytest.mark.parametrize("config_type", THREAT_CONFIGS)
+def test_the_threat_model_is_shared(config_type):
+    """Default radius per norm, an L2 eps above 1 (ImageNet's 3.0) accepted, eval_samples checked."""
+    assert config_type().radius == pytest.approx(8 / 255) and config_type(norm="L2").radius == 0.5
+    assert config_type(norm="L2", eps=3.0).radius == 3.0
+    with pytest.raises(ConfigError) as err:
+        config_type(eval_samples=0)
+    assert "eval_samples must be >= 1" in one_line(err)
 
 
 @pytest.mark.parametrize("x,needle", [
@@ -77,3 +101,15 @@ def test_public_api_refuses_bad_images_with_one_line(x, needle):
 def test_float64_model_takes_float64_images():
     model = defended().double()
     assert model(torch.rand(2, *SHAPE, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_guided_purification_refuses_inference_mode():
+    """Guidance differentiates the classifier inside the forward, which inference mode forbids."""
+    with torch.inference_mode(), pytest.raises(RuntimeError) as err:
+        defended(guidance_scale=1.0).purifier(torch.rand(2, *SHAPE))
+    assert "use torch.no_grad(), not torch.inference_mode()" in one_line(err)
+
+
+def test_unguided_purification_runs_in_inference_mode():
+    with torch.inference_mode():
+        assert defended(guidance_scale=0.0).purifier(torch.rand(2, *SHAPE)).shape == (2, *SHAPE)

@@ -36,6 +36,12 @@ def check_images(x: torch.Tensor, channels: int | None = None) -> None:
                          "undo any normalisation before the defense")
 
 
+def refuse_inference_mode(reason: str) -> None:
+    """Raise a one-line RuntimeError under torch.inference_mode(); reason says what the forward differentiates."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{reason}: use torch.no_grad(), not torch.inference_mode()")
+
+
 def check_dtype(x: torch.Tensor, model: nn.Module) -> None:
     """Raise a one-line ValueError unless x has the floating dtype of model's weights (e.g. float64 x, float32 model)."""
     weights = (w for w in (*model.parameters(), *model.buffers()) if w.is_floating_point())
