@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attacks.aggregation import AGGREGATIONS, NOISE_MODES, score_fixed
-from attacks.checks import check_zero_gradients, run_sanity_checks
+from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import AttackOutput, IterationCallback, score_samples, seeded_call
 from attacks.losses import LOSSES
 from attacks.pgd import BALLS, PGDEOT
@@ -167,6 +167,15 @@ class ApgdEot:
         history = {"loss": torch.stack(losses, dim=1), "correct": torch.stack(corrects, dim=1)}
         return _where(fooled, fooled_x, best_x), history, snapshots, zero_flag
 
+    def explain_flags(self, flags: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+        """AutoAttack's randomized / dynamic warnings marked expected, with what this attack does about them."""
+        c = self.config
+        randomized = (f"{self.name} fixes one noise draw per image for the attack and the scoring (deterministic "
+                      f"white-box mode)" if c.noise == "fixed" else
+                      f"{self.name} aggregates ({c.aggregation}) each step's gradient over {c.eot_samples} noise "
+                      f"draws (EOT) and scores {c.eval_samples} forwards")
+        return explain_expected_flags(flags, randomized, "the attack differentiates through it exactly")
+
     def score(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
               seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Predictions and correctness of x_adv: K re-purifications, or the one fixed noise draw in mode 'fixed'."""
@@ -178,7 +187,7 @@ class ApgdEot:
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
         """Attack one batch x (B, C, H, W) in [0, 1] with labels y (B,) and dataset indices (B,); callback(i, n) per step."""
         check_attack_inputs(x, y, indices)
-        flags = run_sanity_checks(model, x, y) if self.config.sanity_checks else {}
+        flags = self.explain_flags(run_sanity_checks(model, x, y)) if self.config.sanity_checks else {}
         x_adv, history, snapshots, zero_flag = self.perturb(model, x, y, indices, seed, callback)
         predictions, correct = self.score(model, x_adv, y, indices, seed)
         for t, x_t in sorted(snapshots.items()):

@@ -67,6 +67,14 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fla
     return {name: flags.get(name) for name in names}
 
 
+def explain_expected_flags(flags: FlagDict, randomized: str, dynamic: str) -> FlagDict:
+    """AutoAttack's randomized / dynamic warnings, which an EOT attack through a solver expects, replaced by
+    'expected: ...' and what the attack does about them (`randomized`, `dynamic`); other flags kept as they are."""
+    notes = {"check_randomized": f"expected: the defense is randomized; {randomized}",
+             "check_dynamic": f"expected: the forward pass runs an iterative solver; {dynamic}"}
+    return {check: notes.get(check, message) if message else message for check, message in flags.items()}
+
+
 def check_zero_gradients(grad: torch.Tensor) -> Optional[str]:
     """AutoAttack's zero-gradient check on grad (B, ...): the warning message, or None if every row has a gradient."""
     with recorded_flags(quiet=True) as flags:

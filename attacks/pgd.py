@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.checks import check_zero_gradients, run_sanity_checks
+from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import check_attack_inputs
@@ -178,11 +178,9 @@ class PGDEOT:
 
     def explain_flags(self, flags: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
         """AutoAttack's warnings that are expected for an EOT attack, replaced by what they mean for it; others kept."""
-        notes = {"check_randomized": f"expected: the defense is randomized; {self.name} averages each step's gradient "
-                                     f"over {self.config.eot_samples} noise draws (EOT) and scores "
-                                     f"{self.config.eval_samples} forwards",
-                 "check_dynamic": f"expected: the forward pass runs an iterative solver; {self.gradient_note}"}
-        return {check: notes.get(check, message) if message else message for check, message in flags.items()}
+        return explain_expected_flags(flags, f"{self.name} averages each step's gradient over "
+                                             f"{self.config.eot_samples} noise draws (EOT) and scores "
+                                             f"{self.config.eval_samples} forwards", self.gradient_note)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:

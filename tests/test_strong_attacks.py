@@ -165,3 +165,17 @@ def test_new_attacks_report_every_iteration_and_the_cascade_maps_stages_onto_one
     build_attack("cascade", {"attacks": [stage, stage]}).run(classifier, x, y, indices, seed=0,
                                                              callback=lambda i, n: seen.append((i, n)))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # eps ~0: correctly classified images survive stage 1
+
+
+@pytest.mark.parametrize("name,config,says", [
+    ("apgd_eot", {"eot_samples": 3}, "aggregates (mean) each step's gradient over 3 noise draws"),
+    ("selective_eot", {"eot_samples": 3}, "aggregates (selective)"),
+    ("apgd_eot", {"noise": "fixed", "eot_samples": 1}, "fixes one noise draw per image"),
+])
+def test_apgd_type_attacks_mark_the_randomness_warning_as_expected(name, config, says):
+    """AutoAttack's 'use version=rand' advice is wrong for an EOT attack: the record says what the attack does."""
+    classifier, x, y, indices = linear_problem(n=4)
+    out = build_attack(name, {"iterations": 2, "eval_samples": 2, **config}).run(
+        Defended(NoisyIdentity(0.3), classifier), x, y, indices, seed=0)
+    assert out.flags["check_randomized"].startswith("expected: the defense is randomized")
+    assert says in out.flags["check_randomized"] and "version" not in out.flags["check_randomized"]
