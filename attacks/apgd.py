@@ -63,6 +63,11 @@ class ApgdEotConfig(ThreatConfig):
         """The initial step size eta_0 = 2 eps (halved adaptively)."""
         return 2.0 * self.radius
 
+    @property
+    def step_text(self) -> str:
+        """The step rule for summaries."""
+        return f"step from {self.alpha:.4g} (2 eps), halved adaptively"
+
 
 def apgd_checkpoints(iterations: int) -> list[int]:
     """The iterations w_j = ceil(p_j N) at which APGD may halve its step (APGD section 3.2), within (0, N]."""

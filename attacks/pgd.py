@@ -43,6 +43,11 @@ class PGDEOTConfig(ThreatConfig):
         """The step size."""
         return STEP_FRACTION * self.radius if self.step_size is None else self.step_size
 
+    @property
+    def step_text(self) -> str:
+        """The step rule for summaries."""
+        return f"step {self.alpha:.4g}"
+
 
 @dataclass(frozen=True)
 class BPDAEOTConfig(PGDEOTConfig):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from attacks.accounting import cost_summary, paper_projections
+from attacks.cascade import CascadeConfig, stage_configs
 from evaluation.evaluate import attack_keys
 from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
@@ -88,15 +89,29 @@ def purified_range(records: list[ImageRecord]) -> dict[str, Any]:
 
 
 def describe_attack(spec: AttackSpec) -> str:
-    """'autoattack (standard, Linf, eps 0.03137)' from the attack's config."""
-    config = spec.config
+    """'autoattack (standard, Linf, eps 0.03137)' from the attack's config; a cascade lists its stages."""
+    return describe_config(spec.name, spec.config, spec.target)
+
+
+def describe_config(name: str, config: Any, target: str = "defended") -> str:
+    """'pgd_eot (Linf, eps 0.03137, 100 x 4 EOT, step 0.007843)'; a cascade: its rule and each stage so described."""
+    if isinstance(config, CascadeConfig):
+        stages = "; ".join(describe_config(key, stage) for key, _, stage in stage_configs(config))
+        return f"{name} (each stage on the survivors of the previous ones, survival by {config.survivor_rule} " \
+               f"score: {stages})"
     radius = getattr(config, "radius", None)
+    loss = getattr(config, "loss", None)
     details = [getattr(config, "version", None), getattr(config, "norm", None),
-               None if radius is None else f"eps {radius:.4g}",
-               None if spec.target == "defended" else "crafted on the bare classifier"]
+               None if radius is None else f"eps {radius:.4g}", None if loss is None else f"{loss.upper()} loss",
+               None if target == "defended" else "crafted on the bare classifier"]
     if hasattr(config, "iterations"):
-        details.append(f"{config.iterations} x {config.eot_samples} EOT, step {config.alpha:.4g}")
-    return f"{spec.name} ({', '.join(d for d in details if d)})"
+        aggregation = getattr(config, "aggregation", "mean")
+        details += [f"{config.iterations} x {config.eot_samples} EOT"
+                    + ("" if aggregation == "mean" else f" ({aggregation} aggregation)"), config.step_text,
+                    "fixed noise (deterministic)" if getattr(config, "noise", None) == "fixed" else None]
+    if getattr(config, "dev_weight", None) is not None:
+        details.append(f"deviated-reconstruction weight {config.dev_weight} ({config.dev_schedule})")
+    return f"{name} ({', '.join(d for d in details if d)})"
 
 
 def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo) -> dict[str, Any]:
