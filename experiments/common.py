@@ -93,12 +93,13 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
 def label_axes(ax: plt.Axes, xlabel: str, ylabel: str, title: str, title_size: int = 10, legend_size: int = 9,
                legend_title: Optional[str] = None) -> None:
-    """The look every experiment plot shares: axis labels, a small title, a light grid and the legend."""
+    """The look every experiment plot shares: axis labels, a small title, a light grid and the legend (if any line has a label)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size, title=legend_title, title_fontsize=legend_size)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size, title=legend_title, title_fontsize=legend_size)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

@@ -2,7 +2,7 @@
 
     python -m experiments.convergence --runs docs/converged --out docs/converged
 
-Per defense: clean accuracy, the robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the
+table.md (the README's table), table.csv, checkpoints.csv and convergence.png. Per defense: clean accuracy, the robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the
 stages), with 95 % Wilson intervals over the images finished so far; the convergence check (worst-case robust
 count of each APGD-type stage at its scored iterations: doubling the last budget must change it by at most one
 image); and a figure against iterations for each attack and defense of the images not yet fooled (an image counts
@@ -12,7 +12,7 @@ images a stage without a trace, PGD-EOT, broke count as fooled from the start of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -20,18 +20,27 @@ import yaml
 from attacks.traces import decode_correct
 from experiments.common import base_parser, label_axes, plt, run_cli, save_figure, start_cli, wilson_row, write_csv
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
+from runners.gradient_path import gradient_statement
+from utils.files import atomic_write_text
 
 CASCADE_KEY = "cascade"
 
 
-def load_runs(folder: Path) -> dict[str, list[ImageRecord]]:
-    """{purifier name: records (subset order unknown, sorted by index)} of every run folder under `folder`."""
+class Run(NamedTuple):
+    """One converged run folder: its resolved purifier config and its records sorted by dataset index."""
+
+    purifier: dict[str, Any]
+    records: list[ImageRecord]
+
+
+def load_runs(folder: Path) -> dict[str, Run]:
+    """{purifier name: Run} of every run folder with records under `folder`."""
     runs = {}
     for header in sorted(Path(folder).glob(f"*/{CONFIG_FILE}")):
-        purifier = yaml.safe_load(header.read_text())["config"]["purifier"]["name"]
+        purifier = yaml.safe_load(header.read_text())["config"]["purifier"]
         records = read_records(header.parent)
         if records:
-            runs[purifier] = [records[i] for i in sorted(records)]
+            runs[purifier["name"]] = Run(purifier, [records[i] for i in sorted(records)])
     return runs
 
 
@@ -66,6 +75,43 @@ def checkpoint_counts(records: list[ImageRecord]) -> list[dict[str, Any]]:
     return [{"stage": s, "iteration": t, "robust": c} for (s, t), c in sorted(counts.items())]
 
 
+def doubling_change(records: list[ImageRecord]) -> Optional[int]:
+    """The largest change, over the stages, of the worst-case robust count between a stage's last two scored
+    iterations (t/2 -> t, the doubling check); None when no stage scored two points."""
+    by_stage: dict[str, dict[int, int]] = {}
+    for row in checkpoint_counts(records):
+        by_stage.setdefault(row["stage"], {})[row["iteration"]] = row["robust"]
+    changes = [abs(counts[t] - counts[t // 2]) for counts in by_stage.values()
+               for t in [max(counts)] if t // 2 in counts]
+    return max(changes) if changes else None
+
+
+def markdown_table(runs: dict[str, Run]) -> str:
+    """table.md: per defense n, clean and robust accuracy with 95 % intervals, the images each stage broke, the
+    doubling check, the cost per image, and below the table each defense's attack gradient path."""
+    stages = list(dict.fromkeys(s for run in runs.values() for r in run.records
+                                for s in r.attacks[CASCADE_KEY]["extra"]["stages_run"]))
+    lines = ["| defense | n | clean (%) | robust, worst of 10 (%) [95 % CI] | broken by " + " / ".join(stages)
+             + " | doubling t/2 -> t: largest change (images) | score-network evals / image | s / image |",
+             "|---|---:|---|---|---|---|---:|---:|"]
+    for purifier, run in runs.items():
+        records, n = run.records, len(run.records)
+        clean = sum(r.clean["defended"]["correct"] for r in records)
+        robust = sum(_broken_by(r) is None for r in records)
+        row = wilson_row(robust, n)
+        broken = " / ".join(str(sum(_broken_by(r) == s for r in records)) for s in stages)
+        change = doubling_change(records)
+        check = "-" if change is None else f"{change} ({'converged' if change <= 1 else 'NOT converged'})"
+        evals = np.mean([r.attacks[CASCADE_KEY]["cost"]["score_evals"] for r in records])
+        seconds = np.mean([r.seconds[CASCADE_KEY] for r in records])
+        lines.append(f"| {purifier} | {n} | {100 * clean / n:.1f} ({clean}/{n}) | {100 * row['p']:.1f} ({robust}/{n}) "
+                     f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {broken} | {check} | {evals:,.0f} "
+                     f"| {seconds:,.0f} |")
+    lines.append("")
+    lines += [f"- {purifier}: {gradient_statement(run.purifier)}" for purifier, run in runs.items()]
+    return "\n".join(lines) + "\n"
+
+
 def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
     """{stage: (T + 1,) fraction of all images not yet fooled at each iteration}, fooled = some EOT sample wrong
     at some iteration so far, in this stage or an earlier one (images broken before the stage stay broken, also by a
@@ -92,13 +138,34 @@ def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
     return out
 
 
-def plot(all_curves: dict[str, dict[str, np.ndarray]], out: Path) -> Path:
-    """Robust accuracy against iterations: one panel per defense, one line per cascade stage."""
-    fig, axes = plt.subplots(1, max(1, len(all_curves)), figsize=(4 * max(1, len(all_curves)), 3.2), squeeze=False)
-    for ax, (purifier, stage_curves) in zip(axes[0], all_curves.items()):
-        for stage, curve in stage_curves.items():
-            ax.plot(np.arange(len(curve)), 100 * curve, label=stage)
-        label_axes(ax, "iteration", "not yet fooled on any EOT sample (%)", purifier)
+def plot(runs: dict[str, Run], out: Path) -> Path:
+    """Robust accuracy against iterations, one panel per defense: per cascade stage a line of the images not yet
+    fooled on any EOT sample and markers of the worst-of-N robust accuracy at the stage's scored iterations (the
+    doubling check); both are fractions of all images, cumulative over the cascade."""
+    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.4 * max(1, len(runs)), 3.4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, (purifier, run) in zip(axes[0], runs.items()):
+        stage_curves, n = curves(run.records), len(run.records)
+        scored = checkpoint_counts(run.records)
+        for i, (stage, curve) in enumerate(stage_curves.items()):
+            line, = ax.plot(np.arange(len(curve)), 100 * curve, styles[i % len(styles)], label=stage)
+            points = [(row["iteration"], 100 * row["robust"] / n) for row in scored if row["stage"] == stage]
+            if points:  # stages side by side around each scored iteration, so equal counts stay visible
+                ax.plot([t + 1.5 * (i - 1.5) for t, _ in points], [p for _, p in points], "o",
+                        color=line.get_color(), markersize=5, fillstyle="none",
+                        label="worst of N at the scored iterations" if i == 0 else None)
+        if not stage_curves:
+            ax.text(0.5, 0.5, "no traced stage ran:\nthe untraced first stage\nbroke every image", ha="center",
+                    va="center", transform=ax.transAxes)
+        ax.set_ylim(-3, 103)
+        label_axes(ax, "iteration", "robust (%)", f"{purifier} (n = {n})")
+        if ax.get_legend() is not None:
+            handles = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
+    if any(ax.lines for ax in axes[0]):
+        fig.legend(*handles, loc="lower center", ncol=5, fontsize=8,
+                   title="line: not yet fooled on any EOT sample; o: worst of N", title_fontsize=8)
+        fig.subplots_adjust(bottom=0.32, wspace=0.3)
     return save_figure(fig, out / "convergence.png")
 
 
@@ -110,12 +177,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     runs = load_runs(args.runs)
     if not runs:
         raise FileNotFoundError(f"no run with records under {args.runs}: run configs/converged.yml first")
-    table = [row for purifier, records in runs.items() for row in stage_table(purifier, records)]
+    table = [row for purifier, run in runs.items() for row in stage_table(purifier, run.records)]
     write_csv(out / "table.csv", table)
-    checkpoints = [{"purifier": p, **row} for p, records in runs.items() for row in checkpoint_counts(records)]
+    checkpoints = [{"purifier": p, **row} for p, run in runs.items() for row in checkpoint_counts(run.records)]
     if checkpoints:
         write_csv(out / "checkpoints.csv", checkpoints)
-    plot({p: curves(records) for p, records in runs.items()}, out)
+    atomic_write_text(out / "table.md", markdown_table(runs))
+    plot(runs, out)
 
 
 if __name__ == "__main__":

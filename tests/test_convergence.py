@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from attacks.accounting import measured, paper_projection
 from attacks.traces import decode_correct, encode_history
-from evaluation.results import ImageRecord
-from experiments.convergence import checkpoint_counts, curves, stage_table
+from evaluation.results import CONFIG_FILE, ImageRecord, ResultWriter
+from experiments.convergence import main as convergence_main
+from experiments.convergence import Run, checkpoint_counts, curves, doubling_change, markdown_table, stage_table
 from experiments.paired import compare, seed_note, sign_test
 from runners.gradient_path import gradient_statement
 
@@ -34,6 +36,52 @@ def test_report_counts_the_cascade_per_stage_and_iteration():
     assert checkpoint_counts(records) == [{"stage": "b", "iteration": 2, "robust": 1}]
     got = curves(records)
     assert np.allclose(got["a"], [1, 1, 2 / 3]) and np.allclose(got["b"], [2 / 3, 1 / 3])
+
+
+def _cascade_record(index: int, broken_by, worst_at: dict[int, str], evals: float, seconds: float) -> ImageRecord:
+    """A record whose one APGD-type stage 'b' was scored worst-of-N at the iterations of worst_at."""
+    history = {f"b.worst_correct_at_{t}": c for t, c in worst_at.items()}
+    return ImageRecord(index=index, batch=0, label=0, seeds={}, clean={"defended": {"correct": broken_by != "a"}},
+                       purified_range=(0.0, 1.0), purified_sum=0.0, clean_margin=1.0, seconds={"cascade": seconds},
+                       attacks={"cascade": {"extra": {"broken_by": broken_by, "stages_run": ["a", "b"]},
+                                            "history": history, "cost": {"score_evals": evals}}})
+
+
+def test_doubling_check_and_markdown_table():
+    """Image 1 falls between t = 50 and 100 and image 2 between 25 and 50: the doubling change 50 -> 100 is 1."""
+    records = [_cascade_record(0, "a", {}, 10.0, 1.0),
+               _cascade_record(1, "b", {25: "1", 50: "1", 100: "0"}, 20.0, 2.0),
+               _cascade_record(2, "b", {25: "1", 50: "0", 100: "0"}, 30.0, 3.0),
+               _cascade_record(3, None, {25: "1", 50: "1", 100: "1"}, 40.0, 6.0)]
+    assert doubling_change(records) == 1
+    assert doubling_change(records[:1]) is None
+    text = markdown_table({"coup": Run({"name": "coup", "backend": "exact", "dt": 0.01, "guidance_scale": 1.0,
+                                        "grad_mode": "full"}, records)})
+    row = text.splitlines()[2]
+    assert row == "| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 (converged) | 25 | 3 |"
+    assert "broken by a / b" in text.splitlines()[0]
+    assert "- coup: gradient: exact (backprop through the discretised solver, dt 0.01), guidance term" in text
+    late = [_cascade_record(i, "b", {50: "1", 100: "0"}, 1.0, 1.0) for i in range(2)]
+    assert "| 2 (NOT converged) |" in markdown_table({"none": Run({"name": "none"}, late)})
+
+
+def test_command_writes_the_table_csvs_and_figure_from_run_folders(tmp_path):
+    """experiments.convergence end to end on two run folders (one with no traced stage, as 'none' has)."""
+    runs = {"coup": [_cascade_record(i, None if i else "b", {50: "1", 100: "1" if i else "0"}, 8.0, 2.0)
+                     for i in range(3)],
+            "none": [_cascade_record(i, "a", {}, 0.0, 0.5) for i in range(2)]}
+    for name, records in runs.items():
+        folder = tmp_path / "runs" / f"converged_{name}"
+        folder.mkdir(parents=True)
+        purifier = {"name": name, "backend": "exact", "dt": 0.01} if name == "coup" else {"name": name}
+        (folder / CONFIG_FILE).write_text(yaml.safe_dump({"config": {"purifier": purifier}}))
+        ResultWriter(folder / "results.jsonl").append(records)
+    convergence_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text().splitlines()
+    assert table[2] == "| coup | 3 | 100.0 (3/3) | 66.7 (2/3) [20.8, 93.9] | 0 / 1 | 1 (converged) | 8 | 2 |"
+    assert table[3].startswith("| none | 2 | 0.0 (0/2) | 0.0 (0/2) [0.0, 65.8] | 2 / 0 | - |")
+    assert (tmp_path / "out" / "convergence.png").stat().st_size > 0
+    assert (tmp_path / "out" / "checkpoints.csv").read_text().splitlines()[1:] == ["coup,b,50,3", "coup,b,100,2"]
 
 
 def test_curves_count_images_a_stage_without_trace_broke():
