@@ -213,14 +213,23 @@ def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
 
 
 def test_batch_size_changes_no_clean_record(reference, tmp_path):
-    """Clean purification noise is seeded per image: batches of 3 instead of 2 give the same clean values."""
+    """Clean purification noise is seeded per image: batches of 3 instead of 2 give the same clean values.
+
+    Predictions are equal; the continuous values agree to float32 round-off (a batch of another size may sum in
+    another order), far below what another noise draw moves them (test_records_carry_noise_dependent_continuous_values).
+    """
     args = [*RESUME_ARGS, "--output_dir", str(tmp_path), "--adv_batch_size", "3"]
     assert eval_sde_adv.main(args) == 0
+    batched, reference_records = read_records(run_dir_of(tmp_path)), read_records(reference)
 
-    def clean(records: dict[int, ImageRecord]) -> dict[int, tuple]:
-        return {i: (r.clean, r.purified_sum, r.clean_margin, r.purified_range) for i, r in records.items()}
+    def discrete(records: dict[int, ImageRecord]) -> dict[int, tuple]:
+        return {i: (r.clean, r.purified_range) for i, r in records.items()}
 
-    assert clean(read_records(run_dir_of(tmp_path))) == clean(read_records(reference))
+    def continuous(records: dict[int, ImageRecord]) -> list[float]:
+        return [value for _, r in sorted(records.items()) for value in (r.purified_sum, r.clean_margin)]
+
+    assert discrete(batched) == discrete(reference_records)
+    assert continuous(batched) == pytest.approx(continuous(reference_records), rel=1e-6, abs=1e-6)
 
 
 def test_results_dir_of_another_config_is_refused(tmp_path, caplog):
