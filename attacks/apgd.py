@@ -179,7 +179,7 @@ class ApgdEot:
                       f"white-box mode)" if c.noise == "fixed" else
                       f"{self.name} aggregates ({c.aggregation}) each step's gradient over {c.eot_samples} noise "
                       f"draws (EOT) and scores {c.eval_samples} forwards")
-        return explain_expected_flags(flags, randomized, "the attack differentiates through it exactly")
+        return explain_expected_flags(flags, randomized)
 
     def score(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
               seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -67,7 +67,10 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fla
     return {name: flags.get(name) for name in names}
 
 
-def explain_expected_flags(flags: FlagDict, randomized: str, dynamic: str) -> FlagDict:
+MODEL_BACKWARD = "the attack backpropagates through the defended model as built (the summary states its gradient path)"
+
+
+def explain_expected_flags(flags: FlagDict, randomized: str, dynamic: str = MODEL_BACKWARD) -> FlagDict:
     """AutoAttack's randomized / dynamic warnings, which an EOT attack through a solver expects, replaced by
     'expected: ...' and what the attack does about them (`randomized`, `dynamic`); other flags kept as they are."""
     notes = {"check_randomized": f"expected: the defense is randomized; {randomized}",

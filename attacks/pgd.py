@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
+from attacks.checks import MODEL_BACKWARD, check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import check_attack_inputs
@@ -137,7 +137,7 @@ class PGDEOT:
 
     name = "pgd_eot"
     config_class: type = PGDEOTConfig
-    gradient_note = "the attack differentiates through it exactly"
+    gradient_note = MODEL_BACKWARD
 
     def __init__(self, config: Mapping[str, Any] | PGDEOTConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")

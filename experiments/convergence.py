@@ -12,36 +12,68 @@ images a stage without a trace, PGD-EOT, broke count as fooled from the start of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import yaml
 
+from attacks.cascade import CascadeConfig, stage_configs
+from attacks.registry import attack_config
 from attacks.traces import decode_correct
 from experiments.common import base_parser, label_axes, plt, run_cli, save_figure, start_cli, wilson_row, write_csv
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
 from runners.gradient_path import gradient_statement
 from utils.files import atomic_write_text
+from utils.config import require
 
 CASCADE_KEY = "cascade"
+SCORE_NAMES = {"worst": "worst of {k}", "vote": "vote of {k}", "single": "1 forward"}
 
 
 class Run(NamedTuple):
-    """One converged run folder: its resolved purifier config and its records sorted by dataset index."""
+    """One converged run folder: its resolved purifier config, its cascade config and its records sorted by
+    dataset index."""
 
     purifier: dict[str, Any]
+    cascade: CascadeConfig
     records: list[ImageRecord]
+
+    @property
+    def score(self) -> str:
+        """How a stage decides that an image survived, e.g. 'worst of 10' (eval_samples of the stages)."""
+        samples = sorted({config.eval_samples for _, _, config in stage_configs(self.cascade)})
+        return SCORE_NAMES[self.cascade.survivor_rule].format(k="/".join(map(str, samples)))
+
+    @property
+    def iterations(self) -> dict[str, int]:
+        """{stage key: its iteration budget}."""
+        return {key: config.iterations for key, _, config in stage_configs(self.cascade)}
 
 
 def load_runs(folder: Path) -> dict[str, Run]:
-    """{purifier name: Run} of every run folder with records under `folder`."""
-    runs = {}
+    """{purifier name: Run} of every run folder with records under `folder` (all cascade runs, one per purifier)."""
+    runs: dict[str, Run] = {}
+    folders: dict[str, Path] = {}
     for header in sorted(Path(folder).glob(f"*/{CONFIG_FILE}")):
-        purifier = yaml.safe_load(header.read_text())["config"]["purifier"]
+        config = yaml.safe_load(header.read_text())["config"]
+        entries = [a for a in config.get("attacks", []) if a["name"] == CASCADE_KEY]
+        require(len(entries) == 1, f"{header.parent} is not a run of one cascade (configs/converged.yml): "
+                                   f"move it out of {folder}")
         records = read_records(header.parent)
-        if records:
-            runs[purifier["name"]] = Run(purifier, [records[i] for i in sorted(records)])
+        name = config["purifier"]["name"]
+        if not records:
+            continue
+        require(name not in runs, f"two {name} runs under {folder}: {folders.get(name)} and {header.parent}; "
+                                  f"move the one not to report out of {folder}")
+        params = {k: v for k, v in entries[0].items() if k not in ("name", "target")}
+        runs[name] = Run(config["purifier"], attack_config(CASCADE_KEY, params), [records[i] for i in sorted(records)])
+        folders[name] = header.parent
     return runs
+
+
+def _stages(records: Iterable[ImageRecord]) -> list[str]:
+    """The cascade stages that ran on any of the records, in cascade order."""
+    return list(dict.fromkeys(s for r in records for s in r.attacks[CASCADE_KEY]["extra"]["stages_run"]))
 
 
 def stage_table(purifier: str, records: list[ImageRecord]) -> list[dict[str, Any]]:
@@ -49,9 +81,7 @@ def stage_table(purifier: str, records: list[ImageRecord]) -> list[dict[str, Any
     n = len(records)
     rows = [{"purifier": purifier, "after": "clean", "n": n,
              **wilson_row(sum(r.clean["defended"]["correct"] for r in records), n)}]
-    stages: list[str] = []
-    for r in records:
-        stages += [s for s in r.attacks[CASCADE_KEY]["extra"]["stages_run"] if s not in stages]
+    stages = _stages(records)
     for i, stage in enumerate(stages):
         broken = sum(1 for r in records if _broken_by(r) in stages[:i + 1])
         rows.append({"purifier": purifier, "after": stage, "n": n, **wilson_row(n - broken, n)})
@@ -75,23 +105,35 @@ def checkpoint_counts(records: list[ImageRecord]) -> list[dict[str, Any]]:
     return [{"stage": s, "iteration": t, "robust": c} for (s, t), c in sorted(counts.items())]
 
 
-def doubling_change(records: list[ImageRecord]) -> Optional[int]:
-    """The largest change, over the stages, of the worst-case robust count between a stage's last two scored
-    iterations (t/2 -> t, the doubling check); None when no stage scored two points."""
+def doubling_changes(records: list[ImageRecord]) -> dict[str, tuple[int, int]]:
+    """{stage: (t, change)}: the change of the worst-case robust count between the stage's last scored iteration t
+    and t/2 (the doubling check), for the stages that scored both."""
     by_stage: dict[str, dict[int, int]] = {}
     for row in checkpoint_counts(records):
         by_stage.setdefault(row["stage"], {})[row["iteration"]] = row["robust"]
-    changes = [abs(counts[t] - counts[t // 2]) for counts in by_stage.values()
-               for t in [max(counts)] if t // 2 in counts]
-    return max(changes) if changes else None
+    return {stage: (t, abs(counts[t] - counts[t // 2])) for stage, counts in by_stage.items()
+            for t in [max(counts)] if t // 2 in counts}
+
+
+def doubling_cell(changes: dict[str, tuple[int, int]], iterations: dict[str, int]) -> str:
+    """The table's doubling check: the largest change, the doublings checked and the verdict (converged only when
+    every change is at most one image and every stage was checked at its final budget)."""
+    if not changes:
+        return "-"
+    largest = max(change for _, change in changes.values())
+    spans = ", ".join(dict.fromkeys(f"{t // 2} -> {t}" for t, _ in sorted(changes.values())))
+    final = all(t == iterations.get(stage, t) for stage, (t, _) in changes.items())
+    verdict = "NOT converged" if largest > 1 else "converged" if final else "not checked at the final budget"
+    return f"{largest} at {spans} ({verdict})"
 
 
 def markdown_table(runs: dict[str, Run]) -> str:
     """table.md: per defense n, clean and robust accuracy with 95 % intervals, the images each stage broke, the
     doubling check, the cost per image, and below the table each defense's attack gradient path."""
-    stages = list(dict.fromkeys(s for run in runs.values() for r in run.records
-                                for s in r.attacks[CASCADE_KEY]["extra"]["stages_run"]))
-    lines = ["| defense | n | clean (%) | robust, worst of 10 (%) [95 % CI] | broken by " + " / ".join(stages)
+    stages = _stages(r for run in runs.values() for r in run.records)
+    scores = {run.score for run in runs.values()}
+    robust_header = f"robust, {scores.pop()} (%)" if len(scores) == 1 else "robust (%), scoring per row"
+    lines = [f"| defense | n | clean (%) | {robust_header} [95 % CI] | broken by " + " / ".join(stages)
              + " | doubling t/2 -> t: largest change (images) | score-network evals / image | s / image |",
              "|---|---:|---|---|---|---|---:|---:|"]
     for purifier, run in runs.items():
@@ -99,15 +141,18 @@ def markdown_table(runs: dict[str, Run]) -> str:
         clean = sum(r.clean["defended"]["correct"] for r in records)
         robust = sum(_broken_by(r) is None for r in records)
         row = wilson_row(robust, n)
+        scoring = "" if robust_header.startswith("robust, ") else f", {run.score}"
         broken = " / ".join(str(sum(_broken_by(r) == s for r in records)) for s in stages)
-        change = doubling_change(records)
-        check = "-" if change is None else f"{change} ({'converged' if change <= 1 else 'NOT converged'})"
+        check = doubling_cell(doubling_changes(records), run.iterations)
         evals = np.mean([r.attacks[CASCADE_KEY]["cost"]["score_evals"] for r in records])
         seconds = np.mean([r.seconds[CASCADE_KEY] for r in records])
-        lines.append(f"| {purifier} | {n} | {100 * clean / n:.1f} ({clean}/{n}) | {100 * row['p']:.1f} ({robust}/{n}) "
-                     f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {broken} | {check} | {evals:,.0f} "
-                     f"| {seconds:,.0f} |")
+        lines.append(f"| {purifier} | {n} | {100 * clean / n:.1f} ({clean}/{n}) | {100 * row['p']:.1f} ({robust}/{n}"
+                     f"{scoring}) [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] | {broken} | {check} "
+                     f"| {evals:,.0f} | {seconds:,.0f} |")
     lines.append("")
+    if stages:
+        lines.append(f"- broken by {stages[0]} includes the images the defense gets wrong without any attack (the "
+                     f"clean errors, and clean images a worst-of-N scoring catches)")
     lines += [f"- {purifier}: {gradient_statement(run.purifier)}" for purifier, run in runs.items()]
     return "\n".join(lines) + "\n"
 
@@ -119,10 +164,7 @@ def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     n = len(records)
     alive = np.ones(n, dtype=bool)
-    stages: list[str] = []
-    for r in records:
-        stages += [s for s in r.attacks[CASCADE_KEY]["extra"]["stages_run"] if s not in stages]
-    for stage in stages:
+    for stage in _stages(records):
         traces = [r.attacks[CASCADE_KEY].get("history", {}).get(f"{stage}.correct") for r in records]
         length = max((len(t) for t in traces if t), default=0)
         if length == 0:
@@ -144,6 +186,7 @@ def plot(runs: dict[str, Run], out: Path) -> Path:
     doubling check); both are fractions of all images, cumulative over the cascade."""
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.4 * max(1, len(runs)), 3.4), squeeze=False)
     styles = ["-", "--", ":", "-."]
+    legend: dict[str, Any] = {}
     for ax, (purifier, run) in zip(axes[0], runs.items()):
         stage_curves, n = curves(run.records), len(run.records)
         scored = checkpoint_counts(run.records)
@@ -160,10 +203,11 @@ def plot(runs: dict[str, Run], out: Path) -> Path:
         ax.set_ylim(-3, 103)
         label_axes(ax, "iteration", "robust (%)", f"{purifier} (n = {n})")
         if ax.get_legend() is not None:
-            handles = ax.get_legend_handles_labels()
+            legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels())
+                           if label not in legend})
             ax.get_legend().remove()
-    if any(ax.lines for ax in axes[0]):
-        fig.legend(*handles, loc="lower center", ncol=5, fontsize=8,
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=5, fontsize=8,
                    title="line: not yet fooled on any EOT sample; o: worst of N", title_fontsize=8)
         fig.subplots_adjust(bottom=0.32, wspace=0.3)
     return save_figure(fig, out / "convergence.png")
@@ -182,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     checkpoints = [{"purifier": p, **row} for p, run in runs.items() for row in checkpoint_counts(run.records)]
     if checkpoints:
         write_csv(out / "checkpoints.csv", checkpoints)
+    else:  # no stale file from an earlier call
+        (out / "checkpoints.csv").unlink(missing_ok=True)
     atomic_write_text(out / "table.md", markdown_table(runs))
     plot(runs, out)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ import yaml
 from torch import nn
 
 from attacks.accounting import measured, paper_projection
+from attacks.registry import attack_config
 from attacks.traces import decode_correct, encode_history
 from evaluation.results import CONFIG_FILE, ImageRecord, ResultWriter
 from experiments.convergence import main as convergence_main
-from experiments.convergence import Run, checkpoint_counts, curves, doubling_change, markdown_table, stage_table
+from experiments.common import run_cli
+from experiments.convergence import Run, checkpoint_counts, curves, doubling_changes, markdown_table, stage_table
 from experiments.paired import compare, seed_note, sign_test
 from runners.gradient_path import gradient_statement
 
@@ -38,50 +41,92 @@ def test_report_counts_the_cascade_per_stage_and_iteration():
     assert np.allclose(got["a"], [1, 1, 2 / 3]) and np.allclose(got["b"], [2 / 3, 1 / 3])
 
 
+STAGES = [{"name": "pgd_eot", "iterations": 10}, {"name": "apgd_eot", "loss": "ce", "iterations": 100}]
+CASCADE = attack_config("cascade", {"attacks": STAGES})
+UNTRACED, TRACED = "pgd_eot", "apgd_eot_ce"
+
+
 def _cascade_record(index: int, broken_by, worst_at: dict[int, str], evals: float, seconds: float) -> ImageRecord:
-    """A record whose one APGD-type stage 'b' was scored worst-of-N at the iterations of worst_at."""
-    history = {f"b.worst_correct_at_{t}": c for t, c in worst_at.items()}
-    return ImageRecord(index=index, batch=0, label=0, seeds={}, clean={"defended": {"correct": broken_by != "a"}},
-                       purified_range=(0.0, 1.0), purified_sum=0.0, clean_margin=1.0, seconds={"cascade": seconds},
-                       attacks={"cascade": {"extra": {"broken_by": broken_by, "stages_run": ["a", "b"]},
+    """A record of the cascade pgd_eot, apgd_eot_ce, the second stage scored worst-of-N at the iterations of
+    worst_at."""
+    history = {f"{TRACED}.worst_correct_at_{t}": c for t, c in worst_at.items()}
+    return ImageRecord(index=index, batch=0, label=0, seeds={},
+                       clean={"defended": {"correct": broken_by != UNTRACED}}, purified_range=(0.0, 1.0),
+                       purified_sum=0.0, clean_margin=1.0, seconds={"cascade": seconds},
+                       attacks={"cascade": {"extra": {"broken_by": broken_by, "stages_run": [UNTRACED, TRACED]},
                                             "history": history, "cost": {"score_evals": evals}}})
+
+
+COUP = {"name": "coup", "backend": "exact", "dt": 0.01, "guidance_scale": 1.0, "grad_mode": "full"}
 
 
 def test_doubling_check_and_markdown_table():
     """Image 1 falls between t = 50 and 100 and image 2 between 25 and 50: the doubling change 50 -> 100 is 1."""
-    records = [_cascade_record(0, "a", {}, 10.0, 1.0),
-               _cascade_record(1, "b", {25: "1", 50: "1", 100: "0"}, 20.0, 2.0),
-               _cascade_record(2, "b", {25: "1", 50: "0", 100: "0"}, 30.0, 3.0),
+    records = [_cascade_record(0, UNTRACED, {}, 10.0, 1.0),
+               _cascade_record(1, TRACED, {25: "1", 50: "1", 100: "0"}, 20.0, 2.0),
+               _cascade_record(2, TRACED, {25: "1", 50: "0", 100: "0"}, 30.0, 3.0),
                _cascade_record(3, None, {25: "1", 50: "1", 100: "1"}, 40.0, 6.0)]
-    assert doubling_change(records) == 1
-    assert doubling_change(records[:1]) is None
-    text = markdown_table({"coup": Run({"name": "coup", "backend": "exact", "dt": 0.01, "guidance_scale": 1.0,
-                                        "grad_mode": "full"}, records)})
+    assert doubling_changes(records) == {TRACED: (100, 1)} and doubling_changes(records[:1]) == {}
+    text = markdown_table({"coup": Run(COUP, CASCADE, records)})
     row = text.splitlines()[2]
-    assert row == "| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 (converged) | 25 | 3 |"
-    assert "broken by a / b" in text.splitlines()[0]
+    assert row == "| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 at 50 -> 100 (converged) | 25 | 3 |"
+    assert text.splitlines()[0].startswith("| defense | n | clean (%) | robust, worst of 10 (%) [95 % CI] | broken by "
+                                           "pgd_eot / apgd_eot_ce |")
+    assert "- broken by pgd_eot includes the images the defense gets wrong without any attack" in text
     assert "- coup: gradient: exact (backprop through the discretised solver, dt 0.01), guidance term" in text
-    late = [_cascade_record(i, "b", {50: "1", 100: "0"}, 1.0, 1.0) for i in range(2)]
-    assert "| 2 (NOT converged) |" in markdown_table({"none": Run({"name": "none"}, late)})
+    late = [_cascade_record(i, TRACED, {50: "1", 100: "0"}, 1.0, 1.0) for i in range(2)]
+    assert "| 2 at 50 -> 100 (NOT converged) |" in markdown_table({"none": Run({"name": "none"}, CASCADE, late)})
+
+
+def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_per_row():
+    """score_at [25, 50] with 100 iterations checks 25 -> 50 only; runs with other scorings name theirs per row."""
+    early = [_cascade_record(i, None, {25: "1", 50: "1"}, 1.0, 1.0) for i in range(2)]
+    vote = attack_config("cascade", {"attacks": [dict(s, eval_samples=4) for s in STAGES], "survivor_rule": "vote"})
+    text = markdown_table({"coup": Run(COUP, CASCADE, early), "none": Run({"name": "none"}, vote, early)})
+    assert "| 0 at 25 -> 50 (not checked at the final budget) |" in text
+    assert "robust (%), scoring per row [95 % CI]" in text.splitlines()[0]
+    assert "| 100.0 (2/2, worst of 10) [" in text and "| 100.0 (2/2, vote of 4) [" in text
+
+
+def _write_run(folder, purifier: dict, records: list[ImageRecord], attacks: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump({"config": {"purifier": purifier, "attacks": attacks}}))
+    ResultWriter(folder / "results.jsonl").append(records)
 
 
 def test_command_writes_the_table_csvs_and_figure_from_run_folders(tmp_path):
     """experiments.convergence end to end on two run folders (one with no traced stage, as 'none' has)."""
-    runs = {"coup": [_cascade_record(i, None if i else "b", {50: "1", 100: "1" if i else "0"}, 8.0, 2.0)
+    runs = {"coup": [_cascade_record(i, None if i else TRACED, {50: "1", 100: "1" if i else "0"}, 8.0, 2.0)
                      for i in range(3)],
-            "none": [_cascade_record(i, "a", {}, 0.0, 0.5) for i in range(2)]}
+            "none": [_cascade_record(i, UNTRACED, {}, 0.0, 0.5) for i in range(2)]}
+    cascade = [{"name": "cascade", "target": "defended", "attacks": STAGES}]
     for name, records in runs.items():
-        folder = tmp_path / "runs" / f"converged_{name}"
-        folder.mkdir(parents=True)
-        purifier = {"name": name, "backend": "exact", "dt": 0.01} if name == "coup" else {"name": name}
-        (folder / CONFIG_FILE).write_text(yaml.safe_dump({"config": {"purifier": purifier}}))
-        ResultWriter(folder / "results.jsonl").append(records)
+        _write_run(tmp_path / "runs" / f"converged_{name}", COUP if name == "coup" else {"name": name}, records,
+                   cascade)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoints.csv").write_text("stale\n")
     convergence_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "table.md").read_text().splitlines()
-    assert table[2] == "| coup | 3 | 100.0 (3/3) | 66.7 (2/3) [20.8, 93.9] | 0 / 1 | 1 (converged) | 8 | 2 |"
+    assert table[2] == "| coup | 3 | 100.0 (3/3) | 66.7 (2/3) [20.8, 93.9] | 0 / 1 | 1 at 50 -> 100 (converged) | 8 | 2 |"
     assert table[3].startswith("| none | 2 | 0.0 (0/2) | 0.0 (0/2) [0.0, 65.8] | 2 / 0 | - |")
     assert (tmp_path / "out" / "convergence.png").stat().st_size > 0
-    assert (tmp_path / "out" / "checkpoints.csv").read_text().splitlines()[1:] == ["coup,b,50,3", "coup,b,100,2"]
+    assert (tmp_path / "out" / "checkpoints.csv").read_text().splitlines()[1:] == [
+        f"coup,{TRACED},50,3", f"coup,{TRACED},100,2"]
+    shutil.rmtree(tmp_path / "runs" / "converged_coup")
+    convergence_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "checkpoints.csv").exists()
+
+
+def test_command_refuses_two_runs_of_one_defense_and_runs_without_a_cascade(tmp_path, caplog):
+    records = [_cascade_record(0, None, {}, 1.0, 1.0)]
+    cascade = [{"name": "cascade", "attacks": STAGES}]
+    for name in ("converged_coup_a", "converged_coup_b"):
+        _write_run(tmp_path / "two" / name, COUP, records, cascade)
+    _write_run(tmp_path / "pgd" / "demo_coup", COUP, records, [{"name": "pgd_eot"}])
+    for folder, message in (("two", "two coup runs under"), ("pgd", "is not a run of one cascade")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: convergence_main(["--runs", str(tmp_path / folder), "--out", str(tmp_path / "out")]))
+        assert exit_info.value.code == 2 and message in caplog.text
 
 
 def test_curves_count_images_a_stage_without_trace_broke():
