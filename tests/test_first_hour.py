@@ -253,7 +253,7 @@ def test_pgd_eot_explains_expected_checks_and_keeps_real_warnings():
     flags = attack.explain_flags(raw)
     assert flags["check_randomized"].startswith("expected: the defense is randomized; pgd_eot averages each step's "
                                                 "gradient over 3 noise draws (EOT) and scores 5 forwards")
-    assert flags["check_dynamic"].startswith("expected:") and "exactly" in flags["check_dynamic"]
+    assert flags["check_dynamic"].startswith("expected:") and "backpropagates through the defended model" in flags["check_dynamic"]
     assert flags["check_range_output"] == "probabilities" and flags["check_zero_gradients"] is None
 
 
