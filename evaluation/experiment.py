@@ -88,15 +88,17 @@ def parse_experiment(raw: dict[str, Any], base_dir: Path, where: str = "config")
     if file.backbone is not None:
         parse_backbone_model(file.backbone)
     purifier = parse_purifier_config(file.purifier)
-    attacks = []
-    for i, entry in enumerate(file.attacks):
-        require(isinstance(entry, dict) and "name" in entry, f"{where}.attacks[{i}]: needs a 'name'")
-        target = entry.get("target", "defended")
-        require(target in get_args(AttackTarget),
-                f"{where}.attacks[{i}].target: {target!r} is not one of {list(get_args(AttackTarget))}")
-        params = {k: v for k, v in entry.items() if k not in ("name", "target")}
-        attacks.append(AttackSpec(entry["name"], attack_config(entry["name"], params), target))
-    return Experiment(file, purifier, tuple(attacks), base_dir)
+    attacks = tuple(parse_attack(entry, f"{where}.attacks[{i}]") for i, entry in enumerate(file.attacks))
+    return Experiment(file, purifier, attacks, base_dir)
+
+
+def parse_attack(entry: Any, where: str) -> AttackSpec:
+    """One YAML attack entry {name, target (default 'defended'), the attack's own keys} validated."""
+    require(isinstance(entry, dict) and "name" in entry, f"{where}: needs a 'name'")
+    target = entry.get("target", "defended")
+    require(target in get_args(AttackTarget), f"{where}.target: {target!r} is not one of {list(get_args(AttackTarget))}")
+    params = {k: v for k, v in entry.items() if k not in ("name", "target")}
+    return AttackSpec(entry["name"], attack_config(entry["name"], params), target)
 
 
 def load_experiment(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> Experiment:

@@ -18,9 +18,9 @@ import numpy as np
 import yaml
 
 from attacks.cascade import CascadeConfig, stage_configs
-from attacks.registry import attack_config
 from attacks.traces import decode_correct
 from experiments.common import base_parser, label_axes, plt, run_cli, save_figure, start_cli, wilson_row, write_csv
+from evaluation.experiment import parse_attack
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
 from runners.gradient_path import gradient_statement
 from utils.files import atomic_write_text
@@ -65,8 +65,8 @@ def load_runs(folder: Path) -> dict[str, Run]:
             continue
         require(name not in runs, f"two {name} runs under {folder}: {folders.get(name)} and {header.parent}; "
                                   f"move the one not to report out of {folder}")
-        params = {k: v for k, v in entries[0].items() if k not in ("name", "target")}
-        runs[name] = Run(config["purifier"], attack_config(CASCADE_KEY, params), [records[i] for i in sorted(records)])
+        cascade = parse_attack(entries[0], f"{header}: attacks").config
+        runs[name] = Run(config["purifier"], cascade, [records[i] for i in sorted(records)])
         folders[name] = header.parent
     return runs
 
@@ -132,7 +132,8 @@ def markdown_table(runs: dict[str, Run]) -> str:
     doubling check, the cost per image, and below the table each defense's attack gradient path."""
     stages = _stages(r for run in runs.values() for r in run.records)
     scores = {run.score for run in runs.values()}
-    robust_header = f"robust, {scores.pop()} (%)" if len(scores) == 1 else "robust (%), scoring per row"
+    shared_score = next(iter(scores)) if len(scores) == 1 else None
+    robust_header = f"robust, {shared_score} (%)" if shared_score else "robust (%), scoring per row"
     lines = [f"| defense | n | clean (%) | {robust_header} [95 % CI] | broken by " + " / ".join(stages)
              + " | doubling t/2 -> t: largest change (images) | score-network evals / image | s / image |",
              "|---|---:|---|---|---|---|---:|---:|"]
@@ -141,7 +142,7 @@ def markdown_table(runs: dict[str, Run]) -> str:
         clean = sum(r.clean["defended"]["correct"] for r in records)
         robust = sum(_broken_by(r) is None for r in records)
         row = wilson_row(robust, n)
-        scoring = "" if robust_header.startswith("robust, ") else f", {run.score}"
+        scoring = "" if shared_score else f", {run.score}"
         broken = " / ".join(str(sum(_broken_by(r) == s for r in records)) for s in stages)
         check = doubling_cell(doubling_changes(records), run.iterations)
         evals = np.mean([r.attacks[CASCADE_KEY]["cost"]["score_evals"] for r in records])
