@@ -21,8 +21,7 @@ from typing import Any, Optional, get_args
 import torch
 
 from attacks.registry import ATTACKS
-from experiments.common import write_json as atomic_write_json
-from experiments.gradient_audit import audit_images, flat_row
+from experiments.gradient_audit import audit_images, write_audit
 from runners.aid import AIDGradMode
 from runners.defended import PURIFIERS, DefendedClassifier
 from runners.guidance import GradMode
@@ -89,7 +88,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="seconds between progress lines when stderr is not a terminal (a bar is shown otherwise)")
     p.add_argument("--gradient_audit", type=int, default=0, metavar="N",
                    help="also audit the attack gradient on the first N images (experiments.gradient_audit) into "
-                        "the run folder's gradient_audit.json; does not change the results or the config hash")
+                        "the run folder's gradient_audit.json / .csv; does not change the results or the config hash")
     return p.parse_args(argv)
 
 
@@ -204,11 +203,14 @@ def run_batches(experiment: Experiment, images: ImageSet, models: Models, batche
 
 
 def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: Path, n_images: int,
-                         seed: int) -> None:
-    """The gradient audit of the first n_images images (noise seeds from `seed`) into run_dir/gradient_audit.json."""
+                         experiment: Experiment) -> None:
+    """The gradient audit of the first n_images images (noise seeds from eval.seed) into run_dir/gradient_audit.json
+    and .csv, the files experiments.gradient_audit writes (so experiments.audit_table reads a run folder too)."""
     n = min(n_images, len(images.indices))
-    records = audit_images(model, images.x[:n], images.y[:n], images.indices[:n], seed)
-    atomic_write_json(run_dir / "gradient_audit.json", {"images": records, "rows": [flat_row(r) for r in records]})
+    device = next(model.parameters()).device
+    records = audit_images(model, images.x[:n].to(device), images.y[:n].to(device), images.indices[:n],
+                           experiment.file.eval.seed)
+    write_audit(run_dir, records, {"run": run_dir.name, "config": experiment.to_dict()})
     log.info("gradient audit of %d image(s) written to %s", n, run_dir / "gradient_audit.json")
 
 
@@ -238,7 +240,7 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
     markdown = write_summary(run_dir, build_summary(experiment, records, info))
     log.info("summary written to %s", run_dir)
     if audit > 0:
-        write_gradient_audit(models.defended, images, run_dir, audit, experiment.file.eval.seed)
+        write_gradient_audit(models.defended, images, run_dir, audit, experiment)
     return markdown
 
 

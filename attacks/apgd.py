@@ -96,6 +96,7 @@ class ApgdEot:
     """APGD with exact EOT gradients through the whole defended model, scored by K re-purifications."""
 
     name = "apgd_eot"
+    straight_through = False
     config_class: type = ApgdEotConfig
 
     def __init__(self, config: Mapping[str, Any] | ApgdEotConfig | None = None) -> None:

@@ -46,6 +46,7 @@ class AutoAttackEval:
     """Runs AutoAttack's run_standard_evaluation (with its sanity checks) and rescores x_adv three ways."""
 
     name = "autoattack"
+    straight_through = False
     config_class: type = AutoAttackConfig
 
     def __init__(self, config: Mapping[str, Any] | AutoAttackConfig | None = None) -> None:

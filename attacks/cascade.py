@@ -60,6 +60,7 @@ class Cascade:
     """Run the configured attacks in order on the survivors; x_adv of an image comes from the stage that broke it."""
 
     name = "cascade"
+    straight_through = False  # each stage says for itself (evaluation.summary.attack_gradient)
     config_class: type = CascadeConfig
 
     def __init__(self, config: Mapping[str, Any] | CascadeConfig | None = None) -> None:

@@ -136,6 +136,7 @@ class PGDEOT:
     """PGD-EOT with exact gradients through the whole defended model, scored single / vote / worst-case."""
 
     name = "pgd_eot"
+    straight_through = False
     config_class: type = PGDEOTConfig
     gradient_note = MODEL_BACKWARD
 
@@ -203,6 +204,7 @@ class BPDAEOT(PGDEOT):
     """BPDA+EOT: PGD-EOT whose gradient treats the purifier as the identity (straight-through)."""
 
     name = "bpda_eot"
+    straight_through = True
     config_class = BPDAEOTConfig
     gradient_note = "BPDA replaces the purifier's backward by the identity on purpose"
 

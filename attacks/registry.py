@@ -17,6 +17,7 @@ class Attack(Protocol):
 
     name: str
     config_class: type
+    straight_through: bool  # BPDA: the attack's backward replaces the purifier's by the identity
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:

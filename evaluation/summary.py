@@ -12,7 +12,9 @@ from attacks.cascade import CascadeConfig, stage_configs
 from evaluation.evaluate import attack_keys
 from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
-from runners.gradient_path import gradient_statement
+from attacks.registry import ATTACKS
+from runners.defended import gradient_statement
+from runners.gradient_path import STRAIGHT_THROUGH, TRANSFER
 from utils.files import atomic_write_text
 from evaluation.labels import defining_values
 from utils.precision import describe_numerics, precision_flags
@@ -114,6 +116,19 @@ def describe_config(name: str, config: Any, target: str = "defended") -> str:
     return f"{name} ({', '.join(d for d in details if d)})"
 
 
+def attack_gradient(name: str, config: Any, purifier: dict[str, Any], target: str = "defended") -> str:
+    """The gradient attack `name` followed against a resolved purifier config: the purifier's own path
+    (runners.defended.gradient_statement) unless the attack is a transfer or BPDA; a cascade per stage."""
+    if isinstance(config, CascadeConfig):
+        stages = {key: attack_gradient(stage_name, stage, purifier) for key, stage_name, stage in stage_configs(config)}
+        if len(set(stages.values())) == 1:
+            return next(iter(stages.values()))
+        return "; ".join(f"{key}: {text}" for key, text in stages.items())
+    if target != "defended":
+        return TRANSFER
+    return STRAIGHT_THROUGH if ATTACKS.get(name).straight_through else gradient_statement(purifier)
+
+
 def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo) -> dict[str, Any]:
     """Everything summary.json holds, from the ordered per-image records of the whole subset."""
     resolved = experiment.to_dict()
@@ -128,7 +143,9 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "classifier_clean": accuracy([r.clean["classifier"]["correct"] for r in records]),
         "autoattack_checks": check_flags(records, keys),
         "rows": row_origin(records, info.started_ns),
-        "gradient": gradient_statement(purifier), "cost_per_image": cost_summary(records, keys),
+        "gradient": {key: attack_gradient(spec.name, spec.config, purifier, spec.target)
+                     for key, spec in zip(keys, experiment.attacks)},
+        "cost_per_image": cost_summary(records, keys),
         "cost_paper_projection": paper_projections(cost_summary(records, keys), experiment, keys),
         "purified_range": purified_range(records),
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
@@ -138,6 +155,13 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "packages": package_versions(), "git": git_hash(), "numerics": precision_flags(),
         "config": resolved,
     }
+
+
+def gradient_lines(gradients: dict[str, str]) -> list[str]:
+    """'Attack gradient: ...' when every attack followed the same one, else one line per attack."""
+    if len(set(gradients.values())) == 1:
+        return [f"Attack {next(iter(gradients.values()))}."]
+    return ["Attack gradients:", *(f"- {key}: {text}" for key, text in gradients.items())]
 
 
 def _percent(entry: dict[str, Any]) -> str:
@@ -189,7 +213,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                if len(summary["attacks"]) > 1 else []), "",
              "Sanity checks (AutoAttack's check functions as each attack runs them; each message once):",
              *flag_lines(summary), "",
-             f"Attack {summary.get('gradient', 'gradient: not recorded')}.", "",
+             *gradient_lines(summary["gradient"]), "",
              *cost_lines(summary),
              f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
              f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "

@@ -22,7 +22,7 @@ from attacks.traces import decode_correct
 from experiments.common import base_parser, label_axes, plt, run_cli, save_figure, start_cli, wilson_row, write_csv
 from evaluation.experiment import parse_attack
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
-from runners.gradient_path import gradient_statement
+from runners.defended import gradient_statement
 from utils.files import atomic_write_text
 from utils.config import require
 

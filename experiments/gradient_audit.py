@@ -3,6 +3,9 @@
 - the exact gradient g against central finite differences (f(x + h d) - f(x - h d)) / 2h along g/|g| and random
   unit directions d, for several h (the loss is the CE of the defended model, one fixed noise draw);
 - the torchsde adjoint gradient against g (cosine, norm ratio), at the purifier's dt;
+
+g is always the exact backend's gradient (backprop through the discretised solver), whichever backend the audited
+run attacks through, so auditing a torchsde run measures its adjoint against the exact gradient;
 - grad_mode 'full' against 'detached', and the softplus surrogate of the guidance against the run's mode (guided
   purifiers only; the surrogate's forward is exact, so only its backward differs);
 - g under two independent noise draws (cosine): how much EOT an attack needs.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -106,23 +110,25 @@ def audit_image(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, ind
     """Every audit of one image x (1, C, H, W) in [0, 1] with label y (1,), moved MARGIN inside the box."""
     x = MARGIN + (1.0 - 2.0 * MARGIN) * x
     seeds = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 0)
-    loss_fn = ce_loss(model, y, seeds)
+    diffusion = isinstance(model.purifier, DiffusionPurifier)
+    exact = twin(model, backend="exact") if diffusion else model
+    loss_fn = ce_loss(exact, y, seeds)
     record: dict[str, Any] = {"index": index, "exact_vs_fd": audit_loss(loss_fn, x, n_random, index, tolerance)}
+    if not diffusion:
+        return record
     grad = input_gradient(loss_fn, x)
-    if isinstance(model.purifier, DiffusionPurifier):
-        adjoint = input_gradient(ce_loss(twin(model, backend="torchsde"), y, seeds), x)
-        record["adjoint_vs_exact"] = cosine_and_ratio(adjoint, grad)
-        other = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 1)
-        record["noise_draws_cosine"] = cosine_and_ratio(input_gradient(ce_loss(model, y, other), x), grad)["cosine"]
-        mode = model.purifier.config.grad_mode
-        if model.purifier.config.guidance_scale != 0.0 and mode != "surrogate":
-            flipped = "detached" if mode == "full" else "full"
-            record[f"{flipped}_vs_{mode}"] = cosine_and_ratio(
-                input_gradient(ce_loss(twin(model, grad_mode=flipped), y, seeds), x), grad)
-            if relu_sites(model.purifier.guidance_classifier):
-                surrogate = twin(model, grad_mode="surrogate", surrogate_beta=surrogate_beta)
-                record[f"surrogate_vs_{mode}"] = cosine_and_ratio(input_gradient(ce_loss(surrogate, y, seeds), x),
-                                                                  grad)
+    adjoint = input_gradient(ce_loss(twin(model, backend="torchsde"), y, seeds), x)
+    record["adjoint_vs_exact"] = cosine_and_ratio(adjoint, grad)
+    other = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 1)
+    record["noise_draws_cosine"] = cosine_and_ratio(input_gradient(ce_loss(exact, y, other), x), grad)["cosine"]
+    mode = model.purifier.config.grad_mode
+    if model.purifier.config.guidance_scale != 0.0 and mode != "surrogate":
+        flipped = "detached" if mode == "full" else "full"
+        record[f"{flipped}_vs_{mode}"] = cosine_and_ratio(
+            input_gradient(ce_loss(twin(exact, grad_mode=flipped), y, seeds), x), grad)
+        if relu_sites(model.purifier.guidance_classifier):
+            surrogate = twin(exact, grad_mode="surrogate", surrogate_beta=surrogate_beta)
+            record[f"surrogate_vs_{mode}"] = cosine_and_ratio(input_gradient(ce_loss(surrogate, y, seeds), x), grad)
     return record
 
 
@@ -150,6 +156,12 @@ def audit_images(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, in
     return records
 
 
+def write_audit(out: Path, records: list[dict[str, Any]], metadata: dict[str, Any]) -> None:
+    """out/gradient_audit.json ({metadata, images}, what experiments.audit_table reads) and out/gradient_audit.csv."""
+    write_json(out / "gradient_audit.json", {"metadata": metadata, "images": records})
+    write_csv(out / "gradient_audit.csv", [flat_row(r) for r in records])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """CLI: audit the first --num-images images of a config's subset (float32 models, noise fixed per image)."""
     parser = base_parser("gradient_audit", __doc__.split("\n")[0])
@@ -172,9 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     x, y = images.x[:n], images.y[:n]
     records = audit_images(model, x, y, torch.as_tensor(images.indices[:n]), args.seed, args.random_directions,
                            args.fd_tolerance, args.surrogate_beta)
-    meta = run_metadata(argv, config=experiment.to_dict())
-    write_json(out / "gradient_audit.json", {"metadata": meta, "images": records})
-    write_csv(out / "gradient_audit.csv", [flat_row(r) for r in records])
+    write_audit(out, records, run_metadata(argv, config=experiment.to_dict()))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import nn
 from classifiers.registry import resolve_path
 from classifiers.taps import features, paper_tap_names, tap_channels, tap_modules
 from runners.defended import PurifierContext, PurifierSpec
+from runners.gradient_path import STRAIGHT_THROUGH, unrolled
 from runners.purifiers import Purifier
 from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
 from utils.config import require
@@ -232,4 +233,6 @@ def build_aid(config: AIDConfig, context: PurifierContext) -> AIDPurifier:
     return AIDPurifier(discriminator, config.def_step, config.eps, config.step_size, config.grad_mode)
 
 
-AID_PURIFIER = PurifierSpec(AIDConfig, build_aid, needs_backbone=False)
+AID_PURIFIER = PurifierSpec(AIDConfig, build_aid, needs_backbone=False, gradient=unrolled(
+    "the {def_step} purification steps; sign() has zero derivative almost everywhere, so only the clips count",
+    bpda=STRAIGHT_THROUGH))

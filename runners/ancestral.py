@@ -14,6 +14,7 @@ import torch
 
 from guided_diffusion.adapter import GuidedDiffusionBackbone
 from runners.defended import PurifierSpec
+from runners.gradient_path import unrolled
 from runners.noise import NoiseSource, per_row_normal
 from runners.purifiers import Purifier
 from runners.solvers import iterate_steps
@@ -118,4 +119,5 @@ def seeded_noise(row_seeds: torch.Tensor, shape: tuple[int, ...], device: torch.
     return lambda k: per_row_normal(derive_seeds(0, row_seeds, k), shape, device, dtype)
 
 
-ANCESTRAL_PURIFIER = PurifierSpec(AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config))
+ANCESTRAL_PURIFIER = PurifierSpec(AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config),
+                                  gradient=unrolled("the DDPM ancestral chain from t* {t_star}"))

@@ -1,7 +1,7 @@
 """The defended model (purifier then classifier, a plain logits model), the purifier registry, and EOT."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -11,6 +11,7 @@ from torch import nn
 from runners.purifiers import (PRESETS, DiffusionPurifier, IdentityPurifier, Purifier, PurifierConfig,
                                resolve_purifier_config)
 from diffusion.backbone import VPBackbone
+from runners.gradient_path import GradientText, diffusion_gradient, no_purifier
 from utils.config import from_dict
 from utils.images import check_dtype, check_images
 from utils.registry import Lazy, Registry
@@ -36,12 +37,14 @@ class NoDefenseConfig:
 
 @dataclass(frozen=True)
 class PurifierSpec:
-    """A purifier kind: the dataclass its YAML section is read into, and its constructor."""
+    """A purifier kind: the dataclass its YAML section is read into, its constructor, and (gradient) the sentence
+    saying how the defended model's backward treats it, from its resolved config as a dict."""
 
     config_type: type
     build: Callable[[Any, PurifierContext], Purifier]
     resolve: Callable[[Any], Any] = lambda config: config
     needs_backbone: bool = True
+    gradient: GradientText = field(kw_only=True)
 
 
 def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
@@ -50,9 +53,10 @@ def _diffusion(config: PurifierConfig, context: PurifierContext) -> Purifier:
     return DiffusionPurifier(context.backbone(), config, guidance)
 
 
-DIFFUSION_PURIFIER = PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config)
+DIFFUSION_PURIFIER = PurifierSpec(PurifierConfig, _diffusion, resolve_purifier_config, gradient=diffusion_gradient)
 PURIFIERS: Registry[PurifierSpec] = Registry("purifier", {
-    "none": PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier(), needs_backbone=False),
+    "none": PurifierSpec(NoDefenseConfig, lambda config, context: IdentityPurifier(), needs_backbone=False,
+                         gradient=no_purifier),
     **{name: DIFFUSION_PURIFIER for name in PRESETS},
     "aid": Lazy("runners.aid", "AID_PURIFIER"),
     "diffpure_ddpm": Lazy("runners.ancestral", "ANCESTRAL_PURIFIER"),
@@ -67,6 +71,11 @@ def parse_purifier_config(raw: dict[str, Any]) -> Any:
         raise ValueError(f"purifier: needs a 'name' (one of {', '.join(PURIFIERS.names())})")
     spec = PURIFIERS.get(raw["name"])
     return spec.resolve(from_dict(spec.config_type, raw, "purifier"))
+
+
+def gradient_statement(purifier: dict[str, Any]) -> str:
+    """One sentence naming the gradient path through a resolved purifier config (runners.gradient_path)."""
+    return PURIFIERS.get(purifier["name"]).gradient(purifier)
 
 
 def needs_backbone(config: Any) -> bool:

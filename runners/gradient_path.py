@@ -1,16 +1,16 @@
-"""Which gradient an attack followed, in words for summaries: exact (backprop through the discretised solver) or the
-torchsde adjoint, which is approximate; the audit's measured fidelity of the adjoint is quoted for the run's dt."""
+"""Which gradient an attack followed, in words for summaries: per purifier kind, how the defended model's backward
+treats the purifier (exact, the torchsde adjoint, which is approximate, or BPDA's identity); the attack may override
+it (attacks.registry: straight-through attacks, transfer attacks crafted on the bare classifier)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-# adjoint vs exact input gradient on the demo models (experiments.gradient_audit, README "Gradient audit"), by dt
-ADJOINT_FIDELITY: dict[float, str] = {
-    0.01: "cosine 0.02 and 66x the norm of the exact gradient (median of 4 demo images, COUP)",
-    0.002: "cosine 0.16 and 7.6x the norm of the exact gradient (median of 4 demo images, COUP)",
-    0.001: "cosine 0.48 and 2.0x the norm of the exact gradient (median of 4 demo images, COUP)",
-}
-
+# adjoint vs exact input gradient on the Fashion-MNIST demo models, by dt: median (cosine, norm ratio) over the 4
+# images of docs/gradient_audit/coup_dt<dt> (experiments.gradient_audit; tests/test_gradient_audit.py checks them)
+ADJOINT_FIDELITY: dict[float, tuple[float, float]] = {0.01: (0.0213, 65.6), 0.002: (0.157, 7.62), 0.001: (0.478, 1.97)}
+STRAIGHT_THROUGH = ("gradient: BPDA, the purifier's backward replaced by the identity (straight-through), not the "
+                    "defense's gradient")
+TRANSFER = "gradient: none of the defense's (transfer: crafted on the bare classifier, the purifier never differentiated)"
 
 # what the attack's backward sees of the guidance term, by grad_mode
 GUIDANCE_PATHS: dict[str, str] = {
@@ -19,19 +19,36 @@ GUIDANCE_PATHS: dict[str, str] = {
     "surrogate": ("through a SURROGATE (softplus beta {surrogate_beta:g} for the classifier's ReLU in the backward "
                   "only; the forward is exact)"),
 }
+GradientText = Callable[[dict[str, Any]], str]
 
 
-def gradient_statement(purifier: dict[str, Any]) -> str:
-    """One sentence naming the attack's gradient path of a resolved purifier config."""
-    backend = purifier.get("backend")
-    if backend is None:
-        return "gradient: exact (no diffusion solver in the defense)"
+def adjoint_figure(dt: float) -> str:
+    """The audit's measured adjoint fidelity at dt, naming where it was measured, or how to measure it."""
+    if dt not in ADJOINT_FIDELITY:
+        return "not audited at this dt: run python -m experiments.gradient_audit"
+    cosine, ratio = ADJOINT_FIDELITY[dt]
+    return (f"the gradient audit at this dt measured cosine {cosine:.2g} and {ratio:.2g}x the norm of the exact "
+            "gradient on the Fashion-MNIST demo models (median of 4 images, COUP), not on this model")
+
+
+def diffusion_gradient(purifier: dict[str, Any]) -> str:
+    """COUP / DiffPure / reverse-only: exact backprop through the solver, or the torchsde adjoint (approximate)."""
     guided = purifier.get("guidance_scale") not in (None, 0, 0.0)
     mode = str(purifier.get("grad_mode"))
     guidance = f", guidance term {GUIDANCE_PATHS.get(mode, mode).format(**purifier)}" if guided else ""
-    if backend == "exact":
+    if purifier["backend"] == "exact":
         return f"gradient: exact (backprop through the discretised solver, dt {purifier['dt']}){guidance}"
-    measured = ADJOINT_FIDELITY.get(float(purifier["dt"]))
-    figure = (f"; the gradient audit at this dt: {measured}" if measured else
-              "; not audited at this dt: run python -m experiments.gradient_audit")
-    return f"gradient: torchsde adjoint, APPROXIMATE (dt {purifier['dt']}){guidance}{figure}"
+    return (f"gradient: torchsde adjoint, APPROXIMATE (dt {purifier['dt']}){guidance}; "
+            f"{adjoint_figure(float(purifier['dt']))}")
+
+
+def unrolled(what: str, **by_grad_mode: str) -> GradientText:
+    """A purifier differentiated by backprop through `what` (formatted with its config), unless its grad_mode is
+    one of by_grad_mode's keys (e.g. bpda=STRAIGHT_THROUGH)."""
+    return lambda purifier: by_grad_mode.get(str(purifier.get("grad_mode")),
+                                             f"gradient: exact (backprop through {what.format(**purifier)})")
+
+
+def no_purifier(purifier: dict[str, Any]) -> str:
+    """No defense: the attack differentiates the classifier itself."""
+    return "gradient: exact (no purifier: the classifier's own gradient)"

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from runners.defended import PurifierContext, PurifierSpec
+from runners.gradient_path import STRAIGHT_THROUGH, unrolled
 from runners.guidance import LABEL_RULES, LabelMode, log_prob_gradient
 from runners.noise import NoiseSource, per_row_normal
 from runners.purifiers import Purifier
@@ -213,4 +214,5 @@ def build_lm(config: LMConfig, context: PurifierContext) -> LikelihoodMaximizati
     return LikelihoodMaximizationPurifier(context.backbone(), config, guidance)
 
 
-LM_PURIFIER = PurifierSpec(LMConfig, build_lm, resolve_lm_config)
+LM_PURIFIER = PurifierSpec(LMConfig, build_lm, resolve_lm_config, gradient=unrolled(
+    "the {steps} likelihood-maximisation steps, second order", bpda=STRAIGHT_THROUGH))

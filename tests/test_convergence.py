@@ -19,7 +19,6 @@ from experiments.convergence import main as convergence_main
 from experiments.common import run_cli
 from experiments.convergence import Run, checkpoint_counts, curves, doubling_changes, markdown_table, stage_table
 from experiments.paired import compare, seed_note, sign_test
-from runners.gradient_path import gradient_statement
 
 
 def _record(index: int, broken_by, stages, correct_a: str, correct_b: str, worst_b: str) -> ImageRecord:
@@ -168,10 +167,6 @@ def test_cost_counts_rows_through_backbone_and_classifier():
     assert math.isclose(paper_projection(40.0, n_steps=10, eot_samples=2), 40.0 * 10 * 10 * 512)
 
 
-def test_summary_states_the_gradient_path():
-    assert gradient_statement({"backend": "exact", "dt": 0.01, "grad_mode": "full"}).startswith("gradient: exact")
-    assert "APPROXIMATE" in gradient_statement({"backend": "torchsde", "dt": 0.001, "grad_mode": "detached"})
-    assert "no diffusion solver" in gradient_statement({"name": "none"})
 
 
 def _scored(index: int, clean: bool, single: bool, worst: bool, worst_at_2: str) -> ImageRecord:

@@ -51,6 +51,19 @@ def test_audit_of_a_guided_toy_purifier_reports_every_comparison():
     assert "surrogate_vs_full" not in record  # a tanh classifier has no ReLU to smooth
 
 
+def test_audit_of_a_torchsde_run_measures_its_adjoint_against_the_exact_gradient():
+    x = torch.full((1, 1, 2, 2), 0.45, dtype=torch.float64)
+    records = {}
+    for backend in ("exact", "torchsde"):
+        config = PurifierConfig(name="coup", t_star=0.05, dt=0.01, grad_mode="full", backend=backend)
+        purifier = DiffusionPurifier(gaussian_backbone(), config, TinyClassifier(4).double())
+        model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double()).double().eval()
+        (records[backend],) = audit_images(model, x, torch.tensor([1]), torch.tensor([7]), seed=0, n_random=1,
+                                           tolerance=1e-4)
+    assert records["torchsde"]["adjoint_vs_exact"]["norm_ratio"] != 1.0  # not the adjoint against itself
+    assert flat_row(records["torchsde"]) == flat_row(records["exact"])
+
+
 def test_audit_compares_the_softplus_surrogate_with_a_relu_guidance_classifier():
     config = PurifierConfig(name="coup", t_star=0.05, dt=0.01, grad_mode="full", guidance_scale=2.0)
     purifier = DiffusionPurifier(gaussian_backbone(), config, ReLUClassifier(4).double())
@@ -69,14 +82,21 @@ def test_eval_option_writes_the_audit_into_the_run_folder(tmp_path):
     import json
 
     import eval_sde_adv
+    from experiments.audit_table import main as table_main
     from tests.test_eval import TINY, run_dir_of
 
     args = ["--config", str(TINY), "--num_sub", "2", "--attack", "pgd_eot", "--set", "attacks.0.iterations=1",
             "--set", "attacks.0.eot_samples=1", "--set", "attacks.0.eval_samples=1", "--output_dir", str(tmp_path)]
     assert eval_sde_adv.main([*args, "--gradient_audit", "1"]) == 0
-    audit = json.loads((run_dir_of(tmp_path) / "gradient_audit.json").read_text())
-    assert len(audit["rows"]) == 1 and "adjoint_vs_exact_cosine" in audit["rows"][0]
-    assert "exact" in json.loads((run_dir_of(tmp_path) / "summary.json").read_text())["gradient"]
+    run_dir = run_dir_of(tmp_path)
+    gradients = json.loads((run_dir / "summary.json").read_text())["gradient"]  # per attack key
+    assert gradients["pgd_eot"].startswith("gradient: exact (backprop through the discretised solver")
+    assert gradients["pgd_eot_transfer"].startswith("gradient: none of the defense's (transfer")
+    audit = json.loads((run_dir / "gradient_audit.json").read_text())
+    assert len(audit["images"]) == 1 and "adjoint_vs_exact" in audit["images"][0]
+    assert "adjoint_vs_exact_cosine" in (run_dir / "gradient_audit.csv").read_text().splitlines()[0]
+    table_main(["--audits", str(tmp_path), "--out", str(tmp_path)])  # the audit table reads run folders too
+    assert (tmp_path / "audit_table.md").read_text().splitlines()[2].startswith("| coup | 0.005 | 1 | ")
 
 
 def test_audit_table_summarises_each_audit_by_median_and_range(tmp_path):

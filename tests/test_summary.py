@@ -1,12 +1,20 @@
-"""summary.md names the purifier's defining settings; purify() is readable as one function."""
+"""summary.md names the purifier's defining settings and each attack's gradient path; purify() is one function."""
 from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
 
 import torch
 
 from attacks.registry import attack_config
 from evaluation.labels import defining_values
-from evaluation.summary import describe_config
+from evaluation.summary import attack_gradient, describe_config, gradient_lines
+from runners.defended import gradient_statement
+from runners.gradient_path import ADJOINT_FIDELITY, STRAIGHT_THROUGH, TRANSFER
 from runners.purifiers import purify
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_summary_names_t_star_lambda_and_dt():
@@ -36,3 +44,48 @@ def test_a_cascade_is_described_stage_by_stage_with_each_budget():
     assert "pgd_eot (Linf, eps 0.03137, 7 x 3 EOT, step 0.01)" in text
     assert "apgd_eot_dlr (Linf, eps 0.03137, DLR loss, 5 x 2 EOT, step from 0.06275 (2 eps), halved adaptively)" in text
     assert "selective_eot (L2, eps 0.5, CE loss, 4 x 2 EOT (selective aggregation), step from 1 (2 eps)" in text
+
+
+COUP_ADJOINT = {"name": "coup", "backend": "torchsde", "dt": 0.001, "guidance_scale": 1.0, "grad_mode": "detached"}
+
+
+def test_the_gradient_statement_follows_the_purifier_kind_and_its_grad_mode():
+    exact = {**COUP_ADJOINT, "backend": "exact", "dt": 0.01, "grad_mode": "full"}
+    assert gradient_statement(exact) == ("gradient: exact (backprop through the discretised solver, dt 0.01), "
+                                         "guidance term differentiated")
+    assert "APPROXIMATE" in gradient_statement(COUP_ADJOINT)
+    assert "cosine 0.48 and 2x the norm" in gradient_statement(COUP_ADJOINT)
+    assert "not on this model" in gradient_statement(COUP_ADJOINT)
+    assert "not audited at this dt" in gradient_statement({**COUP_ADJOINT, "dt": 0.005})
+    assert gradient_statement({"name": "diffpure_ddpm", "t_star": 0.5}) == \
+        "gradient: exact (backprop through the DDPM ancestral chain from t* 0.5)"
+    assert gradient_statement({"name": "lm", "steps": 5, "grad_mode": "bpda"}) == STRAIGHT_THROUGH
+    assert "the 5 likelihood-maximisation steps" in gradient_statement({"name": "lm", "steps": 5, "grad_mode": "full"})
+    assert gradient_statement({"name": "aid", "def_step": 10, "grad_mode": "bpda"}) == STRAIGHT_THROUGH
+    assert "the 10 purification steps" in gradient_statement({"name": "aid", "def_step": 10, "grad_mode": "exact"})
+    assert "no purifier" in gradient_statement({"name": "none"})
+
+
+def test_the_attack_decides_when_it_bypasses_the_purifier_backward():
+    pgd, bpda = attack_config("pgd_eot"), attack_config("bpda_eot")
+    assert attack_gradient("pgd_eot", pgd, COUP_ADJOINT) == gradient_statement(COUP_ADJOINT)
+    assert attack_gradient("bpda_eot", bpda, COUP_ADJOINT) == STRAIGHT_THROUGH
+    assert attack_gradient("bpda_eot_diffpure", attack_config("bpda_eot_diffpure"), COUP_ADJOINT) == STRAIGHT_THROUGH
+    assert attack_gradient("pgd_eot", pgd, COUP_ADJOINT, target="classifier") == TRANSFER
+    same = attack_config("cascade", {"attacks": [{"name": "pgd_eot"}, {"name": "apgd_eot"}]})
+    assert attack_gradient("cascade", same, COUP_ADJOINT) == gradient_statement(COUP_ADJOINT)
+    mixed = attack_config("cascade", {"attacks": [{"name": "pgd_eot"}, {"name": "bpda_eot"}]})
+    assert attack_gradient("cascade", mixed, COUP_ADJOINT) == \
+        f"pgd_eot: {gradient_statement(COUP_ADJOINT)}; bpda_eot: {STRAIGHT_THROUGH}"
+    assert gradient_lines({"a": "gradient: x", "b": "gradient: x"}) == ["Attack gradient: x."]
+    assert gradient_lines({"a": "gradient: x", "b": "gradient: y"}) == \
+        ["Attack gradients:", "- a: gradient: x", "- b: gradient: y"]
+
+
+def test_the_quoted_adjoint_fidelity_is_the_committed_audit():
+    for dt, (cosine, ratio) in ADJOINT_FIDELITY.items():
+        with open(REPO / f"docs/gradient_audit/coup_dt{dt:g}/gradient_audit.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 4
+        assert f"{statistics.median(float(r['adjoint_vs_exact_cosine']) for r in rows):.3g}" == f"{cosine:.3g}"
+        assert f"{statistics.median(float(r['adjoint_vs_exact_norm_ratio']) for r in rows):.3g}" == f"{ratio:.3g}"

@@ -9,7 +9,7 @@ from torch import nn
 
 from classifiers.surrogate import smooth_surrogate
 from evaluation.labels import defining_values, purifier_label
-from runners.gradient_path import gradient_statement
+from runners.defended import gradient_statement
 from runners.guidance import GuidedScore
 from runners.purifiers import DiffusionPurifier, PurifierConfig, resolve_purifier_config
 from utils.config import ConfigError, from_dict
