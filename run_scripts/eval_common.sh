@@ -20,18 +20,23 @@ require_seeds() {
   fi
 }
 
+# gradient_args: GRADIENT_ARGS=(--backend exact) under GRADIENT=exact, () under GRADIENT=adjoint or unset
+gradient_args() {
+  case "${GRADIENT:-config}" in
+    config | adjoint) GRADIENT_ARGS=() ;;
+    exact) GRADIENT_ARGS=(--backend exact) ;;
+    *) echo "GRADIENT must be 'exact' or 'adjoint' (the config's backend), got '$GRADIENT'" >&2; exit 2 ;;
+  esac
+}
+
 # evaluate NORM SEED DATA_SEED ARGS...: eval_sde_adv.py on the norm's config (or $CONFIG), then $EXTRA_ARGS
 evaluate() {
   local norm=$1 seed=$2 data_seed=$3 extra=()
   shift 3
   read -r -a extra <<< "${EXTRA_ARGS:-}"
-  case "${GRADIENT:-config}" in
-    config | adjoint) ;;
-    exact) extra=(--backend exact "${extra[@]}") ;;
-    *) echo "GRADIENT must be 'exact' or 'adjoint' (the config's backend), got '$GRADIENT'" >&2; exit 2 ;;
-  esac
+  gradient_args
   exec "$PYTHON" eval_sde_adv.py --config "${CONFIG:-${NORM_CONFIG[$norm]}}" --lp_norm "$norm" \
-    --seed "$seed" --data_seed "$data_seed" "$@" "${extra[@]}"
+    --seed "$seed" --data_seed "$data_seed" "$@" "${GRADIENT_ARGS[@]}" "${extra[@]}"
 }
 
 # autoattack PURIFIER VERSION NORM SEED DATA_SEED: AutoAttack 'standard' or 'rand' on PURIFIER

@@ -79,3 +79,21 @@ def test_run_stops_at_the_one_line_missing_checkpoint_error(script, missing, tmp
     assert f"load_model('{model}', model_dir='{tmp_path / 'models'}', dataset='cifar10', threat_model='Linf')" in error
     assert not (tmp_path / "models").exists()  # nothing downloaded
     assert done.stdout.count("--- # ") == 1  # the script stopped at its first combination
+
+
+def test_gradient_exact_switches_every_diffusion_purifier_to_the_exact_solver(tmp_path):
+    extra = f"--output_dir {tmp_path / 'results'} --dry-run"
+    done = subprocess.run(["bash", str(SCRIPTS / "run_cross_threat.sh"), "7", "3"], cwd="/", capture_output=True,
+                          text=True, env=subprocess_env(EXTRA_ARGS=extra, GRADIENT="exact"), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    purifiers = [c["purifier"] for c in yaml.safe_load_all(done.stdout)]
+    assert [p["name"] for p in purifiers] == ["none", "coup", "none", "coup"]
+    assert all(p.get("backend") == ("exact" if p["name"] == "coup" else None) for p in purifiers)
+    cifar = subprocess.run(["bash", str(REPO / "run_scripts/cifar10/run_cifar_stand_inf_guide.sh"), "7", "3"],
+                           cwd="/", capture_output=True, text=True, timeout=600,
+                           env=subprocess_env(EXTRA_ARGS=extra, GRADIENT="exact"))
+    assert cifar.returncode == 0 and yaml.safe_load(cifar.stdout)["purifier"]["backend"] == "exact"
+    wrong = subprocess.run(["bash", str(SCRIPTS / "run_cross_threat.sh"), "7", "3"], cwd="/", capture_output=True,
+                           text=True, env=subprocess_env(EXTRA_ARGS=extra, GRADIENT="adjiont"), timeout=600)
+    assert wrong.returncode == 2 and wrong.stderr.strip() == \
+        "GRADIENT must be 'exact' or 'adjoint' (the config's backend), got 'adjiont'"
