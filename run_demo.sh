@@ -5,6 +5,8 @@
 #   bash run_demo.sh --fresh  # recompute everything (a second run otherwise reuses the results, marked in the table)
 #   bash run_demo.sh --full   # 256 images, PGD 10 x 1 EOT, plus COUP with detached attack gradients (see README for its runtime and numbers)
 #   bash run_demo.sh --lm     # the demo plus LM and COUP-LM (likelihood maximization) in the same table (finished runs are reused)
+# Env: DEMO_DOWNLOAD=1 reads Fashion-MNIST through torchvision, downloading it into data/ once (no root needed),
+# instead of the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
@@ -17,6 +19,9 @@ SELECT=()  # what defines the experiment: the runs and the report get the same o
 if [ "${1:-}" = "--full" ]; then
   OUT=results/demo_full
   SELECT=(--num_sub 256 --set attacks.0.iterations=10 --set attacks.0.eot_samples=1)
+fi
+if [ "${DEMO_DOWNLOAD:-0}" = 1 ]; then
+  SELECT+=(--set data.source=torchvision --set data.download=true)
 fi
 if [ "${!#:-}" = "--fresh" ]; then  # recompute instead of reusing the results of an earlier run
   ARGS+=(--fresh)

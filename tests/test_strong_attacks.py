@@ -86,7 +86,10 @@ def test_diffattack_loss_gradient_matches_finite_differences(name):
     fd = (objective(x_adv + h * direction, y.repeat(2), seeds)[0].sum()
           - objective(x_adv - h * direction, y.repeat(2), seeds)[0].sum()) / (2 * h)
     assert torch.allclose((grad * direction).sum(), fd, rtol=1e-6, atol=1e-9)
-    # the deviation term is live (its gradient is not the CE gradient alone) and zero at the clean image
+    # the deviation term is live: its gradient is not the CE gradient alone (dev_weight 0), and zero at the clean image
+    ce_only = build_attack("diffattack", {"eot_samples": 2, "dev_weight": 0.0, "random_start": False})
+    (grad_ce,) = torch.autograd.grad(ce_only.objective(model, x)(point, y.repeat(2), seeds)[0].sum(), point)
+    assert (grad - grad_ce).norm() > 0.1 * grad_ce.norm()
     clean_dev = purifier.purify_tapped(x, seeds[:2], deviation_tap(reference_states(purifier, x, seeds[:2]),
                                                                    step_weights(purifier, "variance")))[1]
     assert torch.allclose(clean_dev, torch.zeros(2, dtype=torch.float64))
