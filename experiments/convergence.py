@@ -181,10 +181,10 @@ def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
     return out
 
 
-def plot(runs: dict[str, Run], out: Path) -> Path:
+def figure(runs: dict[str, Run]) -> plt.Figure:
     """Robust accuracy against iterations, one panel per defense: per cascade stage a line of the images not yet
     fooled on any EOT sample and markers of the worst-of-N robust accuracy at the stage's scored iterations (the
-    doubling check); both are fractions of all images, cumulative over the cascade."""
+    doubling check) with their 95 % Wilson intervals; both are fractions of all images, cumulative over the cascade."""
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.4 * max(1, len(runs)), 3.4), squeeze=False)
     styles = ["-", "--", ":", "-."]
     legend: dict[str, Any] = {}
@@ -193,11 +193,13 @@ def plot(runs: dict[str, Run], out: Path) -> Path:
         scored = checkpoint_counts(run.records)
         for i, (stage, curve) in enumerate(stage_curves.items()):
             line, = ax.plot(np.arange(len(curve)), 100 * curve, styles[i % len(styles)], label=stage)
-            points = [(row["iteration"], 100 * row["robust"] / n) for row in scored if row["stage"] == stage]
+            points = [(row["iteration"], wilson_row(row["robust"], n)) for row in scored if row["stage"] == stage]
             if points:  # stages side by side around each scored iteration, so equal counts stay visible
-                ax.plot([t + 1.5 * (i - 1.5) for t, _ in points], [p for _, p in points], "o",
-                        color=line.get_color(), markersize=5, fillstyle="none",
-                        label="worst of N at the scored iterations" if i == 0 else None)
+                y = np.array([100 * ci["p"] for _, ci in points])
+                low, high = (np.array([100 * ci[k] for _, ci in points]) for k in ("ci_low", "ci_high"))
+                ax.errorbar([t + 1.5 * (i - 1.5) for t, _ in points], y, yerr=[y - low, high - y], fmt="o",
+                            color=line.get_color(), markersize=5, fillstyle="none", capsize=2, elinewidth=0.8,
+                            label="worst of N at the scored iterations, 95 % CI" if i == 0 else None)
         if not stage_curves:
             ax.text(0.5, 0.5, "no traced stage ran:\nthe untraced first stage\nbroke every image", ha="center",
                     va="center", transform=ax.transAxes)
@@ -209,9 +211,14 @@ def plot(runs: dict[str, Run], out: Path) -> Path:
             ax.get_legend().remove()
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=5, fontsize=8,
-                   title="line: not yet fooled on any EOT sample; o: worst of N", title_fontsize=8)
+                   title="line: not yet fooled on any EOT sample; o: worst of N with its 95 % CI", title_fontsize=8)
         fig.subplots_adjust(bottom=0.32, wspace=0.3)
-    return save_figure(fig, out / "convergence.png")
+    return fig
+
+
+def plot(runs: dict[str, Run], out: Path) -> Path:
+    """out/convergence.png: the figure of `runs`."""
+    return save_figure(figure(runs), out / "convergence.png")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -14,11 +14,14 @@ from torch import nn
 from attacks.accounting import measured, paper_projection
 from attacks.registry import attack_config
 from attacks.traces import decode_correct, encode_history
+from matplotlib.container import ErrorbarContainer
 from evaluation.results import CONFIG_FILE, ImageRecord, ResultWriter
 from experiments.convergence import main as convergence_main
 from experiments.common import run_cli
-from experiments.convergence import Run, checkpoint_counts, curves, doubling_changes, markdown_table, stage_table
+from experiments.convergence import (Run, checkpoint_counts, curves, doubling_changes, figure, markdown_table,
+                                     stage_table)
 from experiments.paired import compare, seed_note, sign_test
+from tests.figures import errorbar_spans
 
 
 def _record(index: int, broken_by, stages, correct_a: str, correct_b: str, worst_b: str) -> ImageRecord:
@@ -38,6 +41,10 @@ def test_report_counts_the_cascade_per_stage_and_iteration():
     assert checkpoint_counts(records) == [{"stage": "b", "iteration": 2, "robust": 1}]
     got = curves(records)
     assert np.allclose(got["a"], [1, 1, 2 / 3]) and np.allclose(got["b"], [2 / 3, 1 / 3])
+    panel = figure({"coup": Run(COUP, CASCADE, records)}).get_axes()[0]
+    (bars,) = [c for c in panel.containers if isinstance(c, ErrorbarContainer)]
+    _, y, low, high = errorbar_spans(bars)  # b's worst of N at iteration 2: 1 of 3, with its Wilson interval
+    assert np.allclose(y, [100 / 3]) and np.allclose(low, [6.1], atol=0.05) and np.allclose(high, [79.2], atol=0.05)
 
 
 STAGES = [{"name": "pgd_eot", "iterations": 10}, {"name": "apgd_eot", "loss": "ce", "iterations": 100}]
