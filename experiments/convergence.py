@@ -22,7 +22,7 @@ from attacks.traces import decode_correct
 from experiments.common import base_parser, label_axes, plt, run_cli, save_figure, start_cli, wilson_row, write_csv
 from evaluation.experiment import parse_attack
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
-from runners.defended import gradient_statement
+from evaluation.summary import attack_gradient
 from utils.files import atomic_write_text
 from utils.config import require
 
@@ -154,7 +154,7 @@ def markdown_table(runs: dict[str, Run]) -> str:
     if stages:
         lines.append(f"- broken by {stages[0]} includes the images the defense gets wrong without any attack (the "
                      f"clean errors, and clean images a worst-of-N scoring catches)")
-    lines += [f"- {purifier}: {gradient_statement(run.purifier)}" for purifier, run in runs.items()]
+    lines += [f"- {purifier}: {attack_gradient('cascade', run.cascade, run.purifier)}" for purifier, run in runs.items()]
     return "\n".join(lines) + "\n"
 
 
