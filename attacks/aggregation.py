@@ -2,42 +2,68 @@
 seeds of each iteration ('random' per step and sample, or 'fixed': the deterministic white-box mode)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attacks.common import repeat_seeds, seeded_call
+from attacks.pgd import BALLS
 from utils.registry import Registry
 from utils.seeds import SeedStage, derive_seeds
 
-# (per-sample gradients (K, B, ...), per-sample losses (K, B), EM rounds) -> gradient (B, ...)
-Aggregation = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+@dataclass(frozen=True)
+class SelectiveSettings:
+    """What the selective aggregation needs of the attack: its geometry, radius and EM settings."""
+
+    norm: str = "Linf"
+    radius: float = 8.0 / 255.0
+    em_steps: int = 3
+    sharpness: float = 5.0  # lambda of the E-step's sigmoid (DiffHammer's default)
+
+
+# (per-sample gradients (K, B, ...), per-sample losses (K, B), settings) -> gradient (B, ...)
+Aggregation = Callable[[torch.Tensor, torch.Tensor, SelectiveSettings], torch.Tensor]
 # (attack seed, dataset indices (B,), iteration, K) -> noise seeds (K * B,), row k * B + b for sample k of image b
 NoiseSeeds = Callable[[int, torch.Tensor, int, int], torch.Tensor]
-COSINE_FLOOR = 1e-12
 
 
-def mean_gradient(grads: torch.Tensor, losses: torch.Tensor, em_steps: int) -> torch.Tensor:
+def mean_gradient(grads: torch.Tensor, losses: torch.Tensor, settings: SelectiveSettings) -> torch.Tensor:
     """EOT: (1/K) sum_k grad_k, (B, ...)."""
     return grads.mean(dim=0)
 
 
-def selective_gradient(grads: torch.Tensor, losses: torch.Tensor, em_steps: int) -> torch.Tensor:
-    """EM over EOT samples (after DiffHammer): weights w_k proportional to max(cos(grad_k, g), 0), g = sum_k w_k grad_k.
+def predicted_losses(flat: torch.Tensor, losses: torch.Tensor, directions: torch.Tensor,
+                     settings: SelectiveSettings) -> torch.Tensor:
+    """(M, K, B): sample k's loss after a step of the radius along unit(direction m), to first order:
+    l_k + radius <unit(d_m), g_k>, for gradients flat (K, B, D), losses (K, B) and directions (M, B, D)."""
+    unit = BALLS[settings.norm].step(directions.reshape(-1, flat.shape[-1]), 1.0).view_as(directions)
+    return losses[None] + settings.radius * torch.einsum("mbd,kbd->mkb", unit, flat)
 
-    E-step: a sample's responsibility is how far its gradient agrees with the current aggregate; M-step: the
-    aggregate is the responsibility-weighted sum. Starting from the mean, samples whose gradient points against
-    the shared vulnerable direction stop diluting it. (B, ...) from grads (K, B, ...).
+
+def selective_gradient(grads: torch.Tensor, losses: torch.Tensor, settings: SelectiveSettings) -> torch.Tensor:
+    """DiffHammer's selective aggregation (Wang et al., NeurIPS 2024): EM over the EOT samples, (B, ...) from
+    grads (K, B, ...) and losses (K, B), weighting the purifications an attack can break.
+
+    Start from the sample gradient whose step raises the most loss over all samples, sum_k elu(l_k + radius
+    <unit(g_m), g_k>); then em_steps rounds of E: w_k = sigmoid(lambda (l_k + radius <unit(g), g_k>)), the
+    responsibility of sample k for the vulnerable set (its loss, predicted after a step along g, is high: for a
+    margin loss such as DLR, positive means misclassified), and M: g = sum_k w_k g_k / sum_k w_k (normalised in log
+    space, so a sharp lambda cannot underflow every weight). The samples no step along g can break stop diluting the
+    direction that breaks the others. unit() is the attack's step direction (sign for Linf, normalised for L2), so the
+    first-order prediction is that of the attack's actual step. (DiffHammer also averages the gradient over
+    iterations; APGD's momentum plays that part here.)
     """
-    flat = grads.flatten(2)
-    direction = flat.mean(dim=0)
-    for _ in range(em_steps):
-        cosine = nn.functional.cosine_similarity(flat, direction[None], dim=-1, eps=COSINE_FLOOR)  # (K, B)
-        weights = cosine.clamp_min(0.0)
-        weights = torch.where(weights.sum(dim=0, keepdim=True) > 0, weights, torch.ones_like(weights))
-        weights = weights / weights.sum(dim=0, keepdim=True)
-        direction = (weights[..., None] * flat).sum(dim=0)
+    k, b = losses.shape
+    flat = grads.reshape(k, b, -1)
+    start = F.elu(predicted_losses(flat, losses, flat, settings)).sum(dim=1).argmax(dim=0)  # (B,)
+    direction = flat[start, torch.arange(b, device=flat.device)]
+    for _ in range(settings.em_steps):
+        log_weights = F.logsigmoid(settings.sharpness * predicted_losses(flat, losses, direction[None], settings)[0])
+        direction = (torch.softmax(log_weights, dim=0)[..., None] * flat).sum(dim=0)
     return direction.view(grads.shape[1:])
 
 

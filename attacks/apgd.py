@@ -4,10 +4,16 @@ pyautoattack's APGD draws its EOT samples by calling model(x) with the model's o
 cannot take our per-image noise seeds, so the algorithm is written here from the paper:
     z = P(x_k + eta_k s(grad)),  x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})),  a = 0.75,
 with the step size eta halved at the checkpoints w_j (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
-0.06)) when fewer than rho of the steps since the last checkpoint raised the loss, or when neither eta nor the best
-loss changed; a halving restarts from the best point. The gradient of each iteration averages K EOT samples
-('mean') or weighs them DiffHammer-style ('selective', see attacks.aggregation); noise 'fixed' is the
+0.06)) when fewer than rho of the steps since the last checkpoint raised the loss, or when the step was not halved
+at the previous checkpoint and the best loss has not risen since (as the reference code: no such halving at w_1);
+a halving restarts from the best (highest-loss) point. The gradient of each iteration averages K EOT samples
+('mean') or weighs them as DiffHammer does ('selective', see attacks.aggregation); noise 'fixed' is the
 deterministic white-box mode (one noise draw per image for the attack and the scoring).
+
+The returned adversarial example is, per image, the iterate on which the most of its K EOT samples were wrong, ties
+broken by the higher mean loss: the best estimate, from the attack's own draws, of the point most likely to be
+misclassified by a fresh purification, which is what the worst-of-N scoring (fresh noise) asks. (The step-size
+schedule's best point maximises the mean loss instead; for a deterministic model both pick a misclassified point.)
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Any, Callable, Literal, Mapping, Optional
 import torch
 from torch import nn
 
-from attacks.aggregation import AGGREGATIONS, NOISE_MODES, score_fixed
+from attacks.aggregation import AGGREGATIONS, NOISE_MODES, SelectiveSettings, score_fixed
 from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import AttackOutput, IterationCallback, score_samples, seeded_call
 from attacks.losses import LOSSES
@@ -40,6 +46,7 @@ class ApgdEotConfig(ThreatConfig):
     loss: Literal["ce", "dlr"] = "ce"
     aggregation: Literal["mean", "selective"] = "mean"
     em_steps: int = 3  # E/M rounds of the selective aggregation
+    em_sharpness: float = 5.0  # lambda of the selective aggregation's E-step (DiffHammer's default)
     noise: Literal["random", "fixed"] = "random"
     rho: float = 0.75
     momentum: float = 0.75
@@ -52,6 +59,7 @@ class ApgdEotConfig(ThreatConfig):
         require(self.iterations >= 1, f"attack.iterations must be >= 1, got {self.iterations}")
         require(self.eot_samples >= 1, f"attack.eot_samples must be >= 1, got {self.eot_samples}")
         require(self.em_steps >= 1, f"attack.em_steps must be >= 1, got {self.em_steps}")
+        require(self.em_sharpness > 0.0, f"attack.em_sharpness must be > 0, got {self.em_sharpness}")
         require(0.0 < self.rho <= 1.0 and 0.0 < self.momentum <= 1.0, "attack.rho and attack.momentum lie in (0, 1]")
         require(self.noise == "random" or self.eot_samples == 1,
                 "attack.noise 'fixed' draws one noise per image: set eot_samples to 1")
@@ -80,16 +88,39 @@ def apgd_checkpoints(iterations: int) -> list[int]:
 
 @dataclass
 class Point:
-    """The objective at x (B, ...): EOT-aggregated loss (B,), all-samples-correct (B,) and the gradient (B, ...)."""
+    """The objective at x (B, ...): EOT-mean loss (B,), number of wrong EOT samples (B,) and the aggregated
+    gradient (B, ...)."""
 
     loss: torch.Tensor
-    correct: torch.Tensor
+    wrong: torch.Tensor
     grad: torch.Tensor
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """(B,) bool: every EOT sample correct."""
+        return self.wrong == 0
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise select: a where mask (B,) else b."""
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def halving(rise_fraction: torch.Tensor, rho: float, best_rose: torch.Tensor,
+            halved_last: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: halve the step at a checkpoint (APGD's conditions) when fewer than rho of the steps since the last
+    checkpoint raised the loss, or when the best loss has not risen since and the step was not halved there."""
+    return (rise_fraction < rho) | (~best_rose & ~halved_last)
+
+
+def keep_most_wrong(chosen: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                    candidate: tuple[torch.Tensor, Point]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image, (x, wrong count, mean loss) of the chosen point or the candidate (x, its Point), whichever has more
+    wrong EOT samples, ties to the higher mean loss."""
+    x, wrong, loss = chosen
+    x_new, point = candidate
+    better = (point.wrong > wrong) | ((point.wrong == wrong) & (point.loss > loss))
+    return _where(better, x_new, x), torch.where(better, point.wrong, wrong), torch.where(better, point.loss, loss)
 
 
 class ApgdEot:
@@ -120,9 +151,11 @@ class ApgdEot:
             loss_rows, logits = objective(x_rep, y.repeat(k), seeds.to(x.device))
             (grad_rows,) = torch.autograd.grad(loss_rows.sum(), x_rep)
         loss = loss_rows.detach().view(k, b)
-        correct = (logits.detach().argmax(dim=-1) == y.repeat(k)).view(k, b)
-        grad = AGGREGATIONS.get(self.config.aggregation)(grad_rows.view(k, *x.shape), loss, self.config.em_steps)
-        return Point(loss.mean(dim=0), correct.all(dim=0), grad)
+        wrong = (logits.detach().argmax(dim=-1) != y.repeat(k)).view(k, b).sum(dim=0)
+        c = self.config
+        settings = SelectiveSettings(c.norm, c.radius, c.em_steps, c.em_sharpness)
+        grad = AGGREGATIONS.get(c.aggregation)(grad_rows.view(k, *x.shape), loss, settings)
+        return Point(loss.mean(dim=0), wrong, grad)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                 seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[int, torch.Tensor], Optional[str]]:
@@ -136,10 +169,10 @@ class ApgdEot:
         current = self.point(objective, x_k, y, seeds_at(seed, indices, 0, config.eot_samples))
         zero_flag = check_zero_gradients(current.grad) if config.sanity_checks else None
         best_x, best_loss, best_grad = x_k, current.loss.clone(), current.grad
-        fooled, fooled_x = ~current.correct, x_k
+        chosen_x, chosen_wrong, chosen_loss = x_k, current.wrong.clone(), current.loss.clone()
         eta = torch.full((x.shape[0],), 2.0 * eps, dtype=x.dtype, device=x.device)
         x_prev, increases, last_checkpoint = x_k, torch.zeros_like(eta), 0
-        eta_last, best_last = eta.clone(), best_loss.clone()
+        halved_last, best_last = torch.ones_like(eta, dtype=torch.bool), best_loss.clone()
         checkpoints, snapshots = set(apgd_checkpoints(config.iterations)), {}
         losses, corrects = [current.loss], [current.correct]
         for k in range(config.iterations):
@@ -153,25 +186,24 @@ class ApgdEot:
             improved = new.loss > best_loss
             best_x, best_grad = _where(improved, x_k, best_x), _where(improved, new.grad, best_grad)
             best_loss = torch.maximum(best_loss, new.loss)
-            fooled_x, fooled = _where(~fooled & ~new.correct, x_k, fooled_x), fooled | ~new.correct
+            chosen_x, chosen_wrong, chosen_loss = keep_most_wrong((chosen_x, chosen_wrong, chosen_loss), (x_k, new))
             current = new
             losses.append(new.loss)
             corrects.append(new.correct)
             if k + 1 in checkpoints:
-                stalled = (eta == eta_last) & (best_loss == best_last)
-                halve = (increases < config.rho * (k + 1 - last_checkpoint)) | stalled
+                halve = halving(increases / (k + 1 - last_checkpoint), config.rho, best_loss > best_last, halved_last)
                 eta = torch.where(halve, eta / 2, eta)
                 x_k, x_prev = _where(halve, best_x, x_k), _where(halve, best_x, x_prev)
-                current = Point(torch.where(halve, best_loss, current.loss), current.correct,
+                current = Point(torch.where(halve, best_loss, current.loss), current.wrong,
                                 _where(halve, best_grad, current.grad))
                 increases, last_checkpoint = torch.zeros_like(eta), k + 1
-                eta_last, best_last = eta.clone(), best_loss.clone()
+                halved_last, best_last = halve, best_loss.clone()
             if k + 1 in config.score_at:
-                snapshots[k + 1] = _where(fooled, fooled_x, best_x)
+                snapshots[k + 1] = chosen_x
             if callback is not None:
                 callback(k + 1, config.iterations)
         history = {"loss": torch.stack(losses, dim=1), "correct": torch.stack(corrects, dim=1)}
-        return _where(fooled, fooled_x, best_x), history, snapshots, zero_flag
+        return chosen_x, history, snapshots, zero_flag
 
     def explain_flags(self, flags: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
         """AutoAttack's randomized / dynamic warnings marked expected, with what this attack does about them."""
@@ -205,7 +237,7 @@ class ApgdEot:
 
 @dataclass(frozen=True)
 class SelectiveEotConfig(ApgdEotConfig):
-    """DiffHammer-style selective EOT: as ApgdEotConfig with aggregation 'selective' by default."""
+    """DiffHammer's selective EOT: as ApgdEotConfig with aggregation 'selective' by default."""
 
     aggregation: Literal["mean", "selective"] = "selective"
 

@@ -70,15 +70,18 @@ class Cascade:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
-        """Attack x (B, C, H, W) in [0, 1]; correct[rule] (B,) is the AND over the stages each image went through.
+        """Attack x (B, C, H, W) in [0, 1]; correct[rule] (B,) is the AND over the stages each image went through, for
+        the survivor rule only: an image leaves the cascade once that rule counts it broken, so the other rules'
+        AND would cover only some stages and is not reported.
 
-        callback(i, n) sees stage s's iteration i of n as iteration s * n + i of len(stages) * n.
+        callback(i, n) sees stage s's iteration i of n as iteration s * n + i of len(stages) * n. A fixed-noise
+        (deterministic) stage gets the cascade's own seed, so every such stage attacks and scores the same draw.
         """
         check_attack_inputs(x, y, indices)
         batch, rule = x.shape[0], self.config.survivor_rule
         x_adv = x.clone()
-        predictions = {r: y.clone() for r in ("single", "vote", "worst")}
-        correct = {r: torch.ones(batch, dtype=torch.bool, device=x.device) for r in ("single", "vote", "worst")}
+        predictions = {rule: y.clone()}
+        correct = {rule: torch.ones(batch, dtype=torch.bool, device=x.device)}
         alive = torch.ones(batch, dtype=torch.bool, device=x.device)
         extra: list[dict[str, Any]] = [{"broken_by": None, "stages_run": []} for _ in range(batch)]
         flags, history = {}, {}
@@ -86,7 +89,8 @@ class Cascade:
             rows = alive.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            stage_seed = int(derive_seeds(seed, SeedStage.CASCADE, i)) % (1 << ATTACK_SEED_BITS)
+            stage_seed = seed if getattr(attack.config, "noise", "random") == "fixed" else \
+                int(derive_seeds(seed, SeedStage.CASCADE, i)) % (1 << ATTACK_SEED_BITS)
             out = attack.run(model, x[rows], y[rows], indices[rows], stage_seed,
                              stage_callback(callback, i, len(self.stages)))
             self._merge(out, rows, x_adv, predictions, correct)
@@ -103,7 +107,8 @@ class Cascade:
     @staticmethod
     def _merge(out: AttackOutput, rows: torch.Tensor, x_adv: torch.Tensor, predictions: dict[str, torch.Tensor],
                correct: dict[str, torch.Tensor]) -> None:
-        """Fold one stage's output on `rows` into the running worst case (in place); x_adv follows the worst rule."""
+        """Fold one stage's output on `rows` into the running worst case of the survivor rule (in place); x_adv of an
+        image is that of the last stage it went through."""
         for r in correct:
             newly = correct[r][rows] & ~out.correct[r]
             predictions[r][rows[newly]] = out.predictions[r][newly]

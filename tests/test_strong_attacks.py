@@ -1,21 +1,35 @@
 """APGD-EOT, DiffAttack, selective EOT, the deterministic mode and the cascade on cases with known answers."""
 from __future__ import annotations
 
+from typing import Optional
+
 import pytest
 import torch
 from torch import nn
 
 from attacks import build_attack
-from attacks.aggregation import fixed_noise, selective_gradient
-from attacks.apgd import apgd_checkpoints
+from attacks.aggregation import SelectiveSettings, fixed_noise, selective_gradient
+from attacks.apgd import Point, apgd_checkpoints, halving, keep_most_wrong
 from attacks.diffattack import deviation_tap, reference_states, step_weights
 from attacks.losses import dlr_rows
 from runners.defended import DefendedClassifier
-from runners.purifiers import DiffusionPurifier, PurifierConfig
+from runners.purifiers import DiffusionPurifier, IdentityPurifier, PurifierConfig
 from runners.solvers import reverse_em_step
 from tests.test_attacks import CallLog, Defended, NoisyIdentity, linear_problem, linear_robust
 from tests.toys import TinyClassifier, gaussian_backbone
 from utils.images import to_diffusion_space
+
+
+class SeedLog(nn.Module):
+    """Wraps a model and records the noise seeds of every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.seeds = model, []
+
+    def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.seeds.append(noise_seeds)
+        return self.model(x, noise_seeds)
 
 
 def linear_robust_l2(classifier: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -57,12 +71,18 @@ def test_apgd_checkpoints_follow_the_paper():
     assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
-def test_selective_aggregation_drops_samples_against_the_consensus():
-    agree = torch.tensor([1.0, 0.0])
-    grads = torch.stack([agree, agree, agree, torch.tensor([-1.0, 0.1])])[:, None, :]  # (K=4, B=1, 2)
-    selected = selective_gradient(grads, torch.zeros(4, 1), em_steps=3)
-    assert torch.allclose(selected[0], agree)  # the opposing sample gets weight 0
-    assert not torch.allclose(grads.mean(0)[0], agree)
+def test_selective_aggregation_follows_the_breakable_sample_and_tends_to_the_mean():
+    """Three purifications far from the boundary (DLR -1, gradient a) and one near it (DLR -0.1, gradient v): a
+    step of 0.5 along v breaks the latter (predicted DLR 0.4) and no step breaks the others, so a sharp E-step puts
+    all weight on it; with lambda -> 0 every weight is equal and the aggregate is the EOT mean."""
+    a, v = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    grads = torch.stack([a, a, a, v])[:, None, :]  # (K=4, B=1, 2)
+    losses = torch.tensor([[-1.0], [-1.0], [-1.0], [-0.1]])
+    for norm in ("L2", "Linf"):
+        sharp = selective_gradient(grads, losses, SelectiveSettings(norm, radius=0.5, em_steps=3, sharpness=1e3))
+        assert torch.allclose(sharp[0], v, atol=1e-6)
+        flat = selective_gradient(grads, losses, SelectiveSettings(norm, radius=0.5, em_steps=3, sharpness=1e-6))
+        assert torch.allclose(flat[0], grads.mean(0)[0], atol=1e-5)
 
 
 def _toy_purifier(name: str) -> DiffusionPurifier:
@@ -133,6 +153,13 @@ def test_deterministic_mode_is_deterministic_and_scores_with_the_attack_noise():
     assert torch.equal(first.predictions["worst"], fixed) and torch.equal(first.correct["single"], fixed == y)
     with pytest.raises(ValueError, match="eot_samples to 1"):
         build_attack("apgd_eot", {"noise": "fixed", "eot_samples": 4})
+    # in a cascade every fixed-noise stage attacks and scores the same one draw per image
+    seen = SeedLog(model)
+    stages = [dict(config, name="apgd_eot", loss=loss, sanity_checks=False) for loss in ("ce", "dlr")]
+    out = build_attack("cascade", {"attacks": stages}).run(seen, x, y, indices, seed=4)
+    assert any(len(e["stages_run"]) == 2 for e in out.extra)  # the second stage ran
+    draws = set(fixed_noise(4, indices, 0, 1).tolist())
+    assert all(set(s.tolist()) <= draws for s in seen.seeds)
 
 
 def test_cascade_attacks_only_survivors_and_reports_the_worst_case():
@@ -186,3 +213,53 @@ def test_apgd_type_attacks_mark_the_randomness_warning_as_expected(name, config,
         Defended(NoisyIdentity(0.3), classifier), x, y, indices, seed=0)
     assert out.flags["check_randomized"].startswith("expected: the defense is randomized")
     assert says in out.flags["check_randomized"] and "version" not in out.flags["check_randomized"]
+
+
+def test_apgd_halving_conditions_follow_the_paper():
+    rises = torch.tensor([0.5, 0.9, 0.9, 0.9])  # fraction of the interval's steps that raised the loss
+    best_rose = torch.tensor([True, True, False, False])
+    halved_last = torch.tensor([False, False, False, True])
+    # condition 1 (too few rises); no halving while improving; condition 2 (stalled, not halved last time); stalled
+    # right after a halving waits one more interval
+    assert halving(rises, 0.75, best_rose, halved_last).tolist() == [True, False, True, False]
+
+
+def test_apgd_returns_the_iterate_with_the_most_wrong_samples():
+    x = torch.zeros(3, 1, 1, 1)
+    chosen = (x, torch.tensor([1, 2, 0]), torch.tensor([0.5, 0.1, -1.0]))
+    point = Point(loss=torch.tensor([0.2, 9.0, -0.5]), wrong=torch.tensor([2, 1, 0]), grad=x)
+    new_x, wrong, loss = keep_most_wrong(chosen, (x + 1, point))
+    assert new_x.flatten().tolist() == [1.0, 0.0, 1.0]  # more wrong; fewer wrong despite the loss; tie, higher loss
+    assert wrong.tolist() == [2, 2, 0] and torch.equal(loss, torch.tensor([0.2, 0.1, -0.5]))
+
+
+@pytest.mark.parametrize("loss", ["dlr", "ce"])
+def test_apgd_eot_breaks_every_surely_breakable_image_of_a_noisy_linear_defense(loss):
+    """logits = W (x + delta + sigma xi): at the noise-free optimum delta* an image whose margin to some class is below
+    -3 sigma ||w_y - w_j|| is wrong on almost every draw, and above +4 sigma on every class almost never; worst-of-10
+    must break the former and keep the latter (an attack returning its first lucky iterate does not)."""
+    classifier, x, y, indices = linear_problem(n=64, classes=10)
+    eps, sigma = 0.01, 0.01
+    weight = classifier[1].weight
+    margins = classifier(x).gather(1, y[:, None]) - classifier(x)
+    diff = weight[y][:, None, :] - weight[None, :, :]
+    optimum, spread = margins - eps * diff.abs().sum(dim=-1), sigma * diff.norm(dim=-1)
+    other = torch.arange(10)[None, :] != y[:, None]
+    breakable, robust = ((optimum < -3 * spread) & other).any(dim=1), ((optimum > 4 * spread) | ~other).all(dim=1)
+    assert int(breakable.sum()) > 32 and int(robust.sum()) > 0
+    model = Defended(NoisyIdentity(sigma), classifier)
+    out = build_attack("apgd_eot", {"norm": "Linf", "eps": eps, "iterations": 50, "eot_samples": 4, "loss": loss,
+                                    "eval_samples": 10}).run(model, x, y, indices, seed=1)
+    assert not (out.correct["worst"] & breakable).any() and (out.correct["worst"] | ~robust).all()
+
+
+def test_diffattack_refuses_a_purifier_without_exact_states_and_is_ce_without_a_purifier():
+    config = PurifierConfig(name="reverse_only", t_star=0.1, dt=0.02, backend="torchsde")
+    adjoint = DefendedClassifier(DiffusionPurifier(gaussian_backbone(), config).double(), TinyClassifier(4).double())
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"got DiffusionPurifier \(backend torchsde\); set purifier.backend: exact"):
+        build_attack("diffattack").objective(adjoint, x)
+    bare = DefendedClassifier(IdentityPurifier(), TinyClassifier(4).double())
+    seeds, y = torch.tensor([1]), torch.tensor([2])
+    loss, _ = build_attack("diffattack").objective(bare, x)(x, y, seeds)
+    assert torch.equal(loss, build_attack("apgd_eot").objective(bare, x)(x, y, seeds)[0])
