@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PIN=${CONVERGED_COMMIT:-cc202b91c6e005388fcd145945ac5fcbbf09c968}
+PIN=${CONVERGED_COMMIT:-0d00dbdbb861316111609725a338724e1e54fd6e}
 TREE=${CONVERGED_TREE:-$ROOT/../$(basename "$ROOT")-converged-${PIN:0:7}}
 PY=${PYTHON:-.venv/bin/python}
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, since the runs start in the worktree
