@@ -202,6 +202,12 @@ def run_batches(experiment: Experiment, images: ImageSet, models: Models, batche
     progress.close()
 
 
+def check_attacks(runs: list[AttackRun], models: Models) -> None:
+    """Every attack's check of the model it will attack, before the run folder exists or any batch runs."""
+    for attack_run in runs:
+        attack_run.attack.check_model(models.defended if attack_run.spec.target == "defended" else models.classifier)
+
+
 def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: Path, n_images: int,
                          experiment: Experiment) -> None:
     """The gradient audit of the first n_images images (noise seeds from eval.seed) into run_dir/gradient_audit.json
@@ -225,6 +231,7 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
     started_ns = time.time_ns()
     images, defended, classifier = load_prerequisites(experiment)
     models = make_models(defended, classifier, shard.device)
+    check_attacks(attack_runs(experiment), models)
     run_dir, digest = open_run(experiment, config_path, shard)
     if fresh and shard.rank == 0:
         log.info("--fresh: removed %d earlier result file(s) from %s", len(clear_run(run_dir)), run_dir)

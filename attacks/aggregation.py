@@ -45,7 +45,7 @@ def predicted_losses(flat: torch.Tensor, losses: torch.Tensor, directions: torch
 
 
 def selective_gradient(grads: torch.Tensor, losses: torch.Tensor, settings: SelectiveSettings) -> torch.Tensor:
-    """DiffHammer's selective aggregation (Wang et al., NeurIPS 2024): EM over the EOT samples, (B, ...) from
+    """Selective aggregation after DiffHammer (Wang et al., NeurIPS 2024): EM over the EOT samples, (B, ...) from
     grads (K, B, ...) and losses (K, B), weighting the purifications an attack can break.
 
     Start from the sample gradient whose step raises the most loss over all samples, sum_k elu(l_k + radius
@@ -54,8 +54,9 @@ def selective_gradient(grads: torch.Tensor, losses: torch.Tensor, settings: Sele
     margin loss such as DLR, positive means misclassified), and M: g = sum_k w_k g_k / sum_k w_k (normalised in log
     space, so a sharp lambda cannot underflow every weight). The samples no step along g can break stop diluting the
     direction that breaks the others. unit() is the attack's step direction (sign for Linf, normalised for L2), so the
-    first-order prediction is that of the attack's actual step. (DiffHammer also averages the gradient over
-    iterations; APGD's momentum plays that part here.)
+    first-order prediction is that of the attack's actual step. Differences from the released code: the E-step's
+    first-order term is scaled by the radius (the start's already is there), EM iterates em_steps rounds, and the
+    gradient is not averaged over iterations (APGD's momentum plays that part).
     """
     k, b = losses.shape
     flat = grads.reshape(k, b, -1)

@@ -108,8 +108,8 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def halving(rise_fraction: torch.Tensor, rho: float, best_rose: torch.Tensor,
             halved_last: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: halve the step at a checkpoint (APGD's conditions) when fewer than rho of the steps since the last
-    checkpoint raised the loss, or when the best loss has not risen since and the step was not halved there."""
+    """(B,) bool: halve at a checkpoint when < rho of the interval's steps raised the loss (the paper's <; the
+    reference code has <=), or when the best loss has not risen and the step was not halved at the last one."""
     return (rise_fraction < rho) | (~best_rose & ~halved_last)
 
 
@@ -127,11 +127,14 @@ class ApgdEot:
     """APGD with exact EOT gradients through the whole defended model, scored by K re-purifications."""
 
     name = "apgd_eot"
-    straight_through = False
+    identity_backward = False
     config_class: type = ApgdEotConfig
 
     def __init__(self, config: Mapping[str, Any] | ApgdEotConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Nothing to check: this attack takes any logits model."""
 
     def objective(self, model: nn.Module, x: torch.Tensor) -> Objective:
         """The per-row loss the attack maximises (here the configured loss on the defended model's logits)."""
@@ -237,8 +240,10 @@ class ApgdEot:
 
 @dataclass(frozen=True)
 class SelectiveEotConfig(ApgdEotConfig):
-    """DiffHammer's selective EOT: as ApgdEotConfig with aggregation 'selective' by default."""
+    """DiffHammer's selective EOT: as ApgdEotConfig with aggregation 'selective' and the DLR loss by default (the
+    E-step reads a predicted loss's sign as the prediction, which holds for a margin loss)."""
 
+    loss: Literal["ce", "dlr"] = "dlr"
     aggregation: Literal["mean", "selective"] = "selective"
 
 

@@ -46,11 +46,14 @@ class AutoAttackEval:
     """Runs AutoAttack's run_standard_evaluation (with its sanity checks) and rescores x_adv three ways."""
 
     name = "autoattack"
-    straight_through = False
+    identity_backward = False
     config_class: type = AutoAttackConfig
 
     def __init__(self, config: Mapping[str, Any] | AutoAttackConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Nothing to check: this attack takes any logits model."""
 
     @property
     def checks_run(self) -> tuple[str, ...]:

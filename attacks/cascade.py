@@ -60,13 +60,18 @@ class Cascade:
     """Run the configured attacks in order on the survivors; x_adv of an image comes from the stage that broke it."""
 
     name = "cascade"
-    straight_through = False  # each stage says for itself (evaluation.summary.attack_gradient)
+    identity_backward = False  # each stage says for itself (evaluation.summary.attack_gradient)
     config_class: type = CascadeConfig
 
     def __init__(self, config: Mapping[str, Any] | CascadeConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
         self.stages: list[tuple[str, Attack]] = [(key, build_attack(name, stage_config))
                                                  for key, name, stage_config in stage_configs(self.config)]
+
+    def check_model(self, model: nn.Module) -> None:
+        """Every stage's check, so a stage that cannot run fails before the earlier ones spend any time."""
+        for _, attack in self.stages:
+            attack.check_model(model)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
@@ -78,6 +83,7 @@ class Cascade:
         (deterministic) stage gets the cascade's own seed, so every such stage attacks and scores the same draw.
         """
         check_attack_inputs(x, y, indices)
+        self.check_model(model)
         batch, rule = x.shape[0], self.config.survivor_rule
         x_adv = x.clone()
         predictions = {rule: y.clone()}

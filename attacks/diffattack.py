@@ -66,18 +66,25 @@ class DiffAttack(ApgdEot):
     name = "diffattack"
     config_class = DiffAttackConfig
 
-    def objective(self, model: nn.Module, x: torch.Tensor) -> Objective:
-        """CE + lambda * sum_k alpha_k d(x_k(x_adv), x_k(x)) on the defended model; with no purifier (none) there are
-        no states and the loss is CE alone; any other purifier without the exact solver's states is refused."""
-        purifier, classifier = getattr(model, "purifier", None), getattr(model, "classifier", None)
-        if isinstance(purifier, IdentityPurifier) or purifier is None:
-            log.info("diffattack: no purifier, so no intermediate states; the loss is CE alone")
-            return super().objective(model, x)
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a purifier other than none or a reverse-SDE one on the exact solver (no intermediate states)."""
+        purifier = getattr(model, "purifier", None)
+        if purifier is None or isinstance(purifier, IdentityPurifier):
+            return
         if not isinstance(purifier, DiffusionPurifier) or purifier.config.backend != "exact":
             backend = f" (backend {purifier.config.backend})" if isinstance(purifier, DiffusionPurifier) else ""
             raise ValueError(f"diffattack needs the intermediate states of a reverse-SDE purifier (coup, diffpure, "
                              f"reverse_only) on the exact solver, got {type(purifier).__name__}{backend}; set "
                              "purifier.backend: exact, or use apgd_eot for this defense")
+
+    def objective(self, model: nn.Module, x: torch.Tensor) -> Objective:
+        """CE + lambda * sum_k alpha_k d(x_k(x_adv), x_k(x)) on the defended model; with no purifier (none) there are
+        no states and the loss is CE alone."""
+        self.check_model(model)
+        purifier, classifier = getattr(model, "purifier", None), getattr(model, "classifier", None)
+        if not isinstance(purifier, DiffusionPurifier):
+            log.info("diffattack: no purifier, so no intermediate states; the loss is CE alone")
+            return super().objective(model, x)
         weights, row_loss = step_weights(purifier, self.config.dev_schedule), LOSSES.get(self.config.loss)
 
         def evaluate(x_rep: torch.Tensor, y_rep: torch.Tensor, seeds: torch.Tensor):

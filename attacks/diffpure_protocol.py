@@ -114,7 +114,7 @@ class DiffPureProtocolBPDA(DiffPureProtocolPGD):
     """DiffPure's protocol as released: BPDA, the purifier's backward replaced by the identity."""
 
     name = "bpda_eot_diffpure"
-    straight_through = True
+    identity_backward = True
 
     def gradient_forward(self, model: nn.Module) -> LogitsFn:
         """classifier(x + (purifier(x) - x).detach())."""

@@ -136,12 +136,15 @@ class PGDEOT:
     """PGD-EOT with exact gradients through the whole defended model, scored single / vote / worst-case."""
 
     name = "pgd_eot"
-    straight_through = False
+    identity_backward = False
     config_class: type = PGDEOTConfig
     gradient_note = MODEL_BACKWARD
 
     def __init__(self, config: Mapping[str, Any] | PGDEOTConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Nothing to check: this attack takes any logits model."""
 
     def gradient_forward(self, model: nn.Module) -> LogitsFn:
         """The function whose CE-loss gradient the attack follows."""
@@ -204,7 +207,7 @@ class BPDAEOT(PGDEOT):
     """BPDA+EOT: PGD-EOT whose gradient treats the purifier as the identity (straight-through)."""
 
     name = "bpda_eot"
-    straight_through = True
+    identity_backward = True
     config_class = BPDAEOTConfig
     gradient_note = "BPDA replaces the purifier's backward by the identity on purpose"
 

@@ -17,7 +17,11 @@ class Attack(Protocol):
 
     name: str
     config_class: type
-    straight_through: bool  # BPDA: the attack's backward replaces the purifier's by the identity
+    identity_backward: bool  # BPDA: the attack's backward replaces the purifier's by the identity
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a one-line ValueError if this attack cannot attack `model` (called before any work)."""
+        ...
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:

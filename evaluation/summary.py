@@ -119,14 +119,14 @@ def describe_config(name: str, config: Any, target: str = "defended") -> str:
 def attack_gradient(name: str, config: Any, purifier: dict[str, Any], target: str = "defended") -> str:
     """The gradient attack `name` followed against a resolved purifier config: the purifier's own path
     (runners.defended.gradient_statement) unless the attack is a transfer or BPDA; a cascade per stage."""
+    if target != "defended":
+        return TRANSFER
     if isinstance(config, CascadeConfig):
         stages = {key: attack_gradient(stage_name, stage, purifier) for key, stage_name, stage in stage_configs(config)}
         if len(set(stages.values())) == 1:
             return next(iter(stages.values()))
         return "; ".join(f"{key}: {text}" for key, text in stages.items())
-    if target != "defended":
-        return TRANSFER
-    return STRAIGHT_THROUGH if ATTACKS.get(name).straight_through else gradient_statement(purifier)
+    return STRAIGHT_THROUGH if ATTACKS.get(name).identity_backward else gradient_statement(purifier)
 
 
 def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo) -> dict[str, Any]:

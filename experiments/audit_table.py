@@ -37,18 +37,20 @@ def audit_row(audit: dict[str, Any]) -> dict[str, str]:
     purifier, images = audit["metadata"]["config"]["purifier"], audit["images"]
     fd = [image["exact_vs_fd"] for image in images]
     worst = max(f["checks"]["gradient"]["best_rel_error"] for f in fd)
-    row = {"purifier": purifier["name"], "dt": f"{purifier['dt']:g}", "images": str(len(images)),
+    row = {"purifier": purifier["name"], "dt": f"{purifier['dt']:g}" if "dt" in purifier else "-",
+           "images": str(len(images)),
            "exact vs finite differences (within 1 %)": f"{sum(f['ok'] for f in fd)}/{len(fd)} "
                                                        f"(max rel. err. {worst:.1e})"}
     for keys, field, title in COMPARISONS:
         row[title] = spread([image[key][field] for image in images for key in keys if key in image])
-    row["two noise draws: cosine"] = spread([image["noise_draws_cosine"] for image in images])
+    row["two noise draws: cosine"] = spread([image["noise_draws_cosine"] for image in images
+                                             if "noise_draws_cosine" in image])
     return row
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
     """The rows as one markdown table, sorted by purifier then dt."""
-    rows = sorted(rows, key=lambda r: (r["purifier"], -float(r["dt"])))
+    rows = sorted(rows, key=lambda r: (r["purifier"], -float(r["dt"]) if r["dt"] != "-" else 0.0))
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]) + "\n"

@@ -3,12 +3,12 @@
 - the exact gradient g against central finite differences (f(x + h d) - f(x - h d)) / 2h along g/|g| and random
   unit directions d, for several h (the loss is the CE of the defended model, one fixed noise draw);
 - the torchsde adjoint gradient against g (cosine, norm ratio), at the purifier's dt;
-
-g is always the exact backend's gradient (backprop through the discretised solver), whichever backend the audited
-run attacks through, so auditing a torchsde run measures its adjoint against the exact gradient;
 - grad_mode 'full' against 'detached', and the softplus surrogate of the guidance against the run's mode (guided
   purifiers only; the surrogate's forward is exact, so only its backward differs);
 - g under two independent noise draws (cosine): how much EOT an attack needs.
+
+g is always the exact backend's gradient (backprop through the discretised solver), whichever backend the audited
+run attacks through, so auditing a torchsde run measures its adjoint against the exact gradient.
 
     python -m experiments.gradient_audit --config configs/demo.yml --purifier reverse_only --num-images 4 --dt 0.01
 
@@ -83,7 +83,7 @@ def audit_loss(loss_fn: LossFn, x: torch.Tensor, n_random: int, seed: int,
     """Finite-difference audit of the gradient of a deterministic scalar loss at x: along g and random directions."""
     grad = input_gradient(loss_fn, x)
     gen = torch.Generator().manual_seed(seed)
-    directions = {"gradient": grad} | {f"random_{i}": torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    directions = {"gradient": grad} | {f"random_{i}": torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
                                        for i in range(n_random)}
     checks = {}
     for name, d in directions.items():

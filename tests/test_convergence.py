@@ -174,8 +174,6 @@ def test_cost_counts_rows_through_backbone_and_classifier():
     assert math.isclose(paper_projection(40.0, n_steps=10, eot_samples=2), 40.0 * 10 * 10 * 512)
 
 
-
-
 def _scored(index: int, clean: bool, single: bool, worst: bool, worst_at_2: str) -> ImageRecord:
     attack = {"defended": {"correct": {"single": single, "worst": worst}},
               "history": {"loss": [1.0, 2.0], "worst_correct_at_2": worst_at_2}}

@@ -374,3 +374,9 @@ def test_checkpoint_fingerprints_name_files_by_repository_path_so_a_moved_checko
     assert results.RunIdentity("h", "v", changed).changes(stored)[0].startswith("checkpoint pretrained/model.pt changed")
     outside = results.checkpoint_key(tmp_path / "a" / "pretrained" / "model.pt", tmp_path / "b")
     assert outside == str((tmp_path / "a" / "pretrained" / "model.pt").resolve())
+
+
+def test_an_attack_that_cannot_take_the_defense_fails_before_any_work(tmp_path, caplog):
+    attack = "attacks=[{name: cascade, attacks: [{name: pgd_eot, iterations: 1}, {name: diffattack, iterations: 1}]}]"
+    code, out = run_eval(tmp_path, "--backend", "torchsde", "--set", attack)
+    assert "diffattack needs the intermediate states" in refused(caplog, code, out)

@@ -114,7 +114,12 @@ def test_audit_table_summarises_each_audit_by_median_and_range(tmp_path):
         folder.mkdir()
         meta = {"config": {"purifier": {"name": "reverse_only", "dt": dt}}}
         (folder / "gradient_audit.json").write_text(json.dumps({"metadata": meta, "images": images}))
+    (tmp_path / "none").mkdir()  # a run without a diffusion purifier: finite differences only
+    bare = {"index": 1, "exact_vs_fd": {"ok": True, "checks": {"gradient": {"best_rel_error": 1e-5}}}}
+    (tmp_path / "none" / "gradient_audit.json").write_text(json.dumps(
+        {"metadata": {"config": {"purifier": {"name": "none"}}}, "images": [bare]}))
     table_main(["--audits", str(tmp_path), "--out", str(tmp_path)])
     lines = (tmp_path / "audit_table.md").read_text().splitlines()
-    assert lines[2].startswith("| reverse_only | 0.01 | 3 | 2/3 (max rel. err. 3.0e-02) | 0.2 [0.1, 0.3] | 0.4 [0.2, 0.6] | - |")
-    assert lines[3].startswith("| reverse_only | 0.001 | 1 | 1/1 (max rel. err. 1.0e-04) | 0.9 [0.9, 0.9] |")
+    assert lines[3].startswith("| reverse_only | 0.01 | 3 | 2/3 (max rel. err. 3.0e-02) | 0.2 [0.1, 0.3] | 0.4 [0.2, 0.6] | - |")
+    assert lines[2].startswith("| none | - | 1 | 1/1 (max rel. err. 1.0e-05) | - | - | - | - | - |")
+    assert lines[4].startswith("| reverse_only | 0.001 | 1 | 1/1 (max rel. err. 1.0e-04) | 0.9 [0.9, 0.9] |")

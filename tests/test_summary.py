@@ -43,7 +43,7 @@ def test_a_cascade_is_described_stage_by_stage_with_each_budget():
     assert text.startswith("cascade (each stage on the survivors of the previous ones, survival by worst score: ")
     assert "pgd_eot (Linf, eps 0.03137, 7 x 3 EOT, step 0.01)" in text
     assert "apgd_eot_dlr (Linf, eps 0.03137, DLR loss, 5 x 2 EOT, step from 0.06275 (2 eps), halved adaptively)" in text
-    assert "selective_eot (L2, eps 0.5, CE loss, 4 x 2 EOT (selective aggregation), step from 1 (2 eps)" in text
+    assert "selective_eot (L2, eps 0.5, DLR loss, 4 x 2 EOT (selective aggregation), step from 1 (2 eps)" in text
 
 
 COUP_ADJOINT = {"name": "coup", "backend": "torchsde", "dt": 0.001, "guidance_scale": 1.0, "grad_mode": "detached"}
@@ -77,6 +77,7 @@ def test_the_attack_decides_when_it_bypasses_the_purifier_backward():
     mixed = attack_config("cascade", {"attacks": [{"name": "pgd_eot"}, {"name": "bpda_eot"}]})
     assert attack_gradient("cascade", mixed, COUP_ADJOINT) == \
         f"pgd_eot: {gradient_statement(COUP_ADJOINT)}; bpda_eot: {STRAIGHT_THROUGH}"
+    assert attack_gradient("cascade", mixed, COUP_ADJOINT, target="classifier") == TRANSFER
     assert gradient_lines({"a": "gradient: x", "b": "gradient: x"}) == ["Attack gradient: x."]
     assert gradient_lines({"a": "gradient: x", "b": "gradient: y"}) == \
         ["Attack gradients:", "- a: gradient: x", "- b: gradient: y"]

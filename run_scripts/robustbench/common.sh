@@ -28,7 +28,7 @@ combination() {
   shift 3
   read -r -a extra <<< "${EXTRA_ARGS:-}"
   gradient_args
-  [ "${SOLVER[$purifier]}" = true ] || GRADIENT_ARGS=()
+  [ "${SOLVER[$purifier]:-false}" = true ] || GRADIENT_ARGS=()
   echo "--- # $title"
   "$PYTHON" eval_sde_adv.py --config "$config" --seed "$SEED" --data_seed "$DATA_SEED" --purifier "$purifier" "$@" \
     "${GRADIENT_ARGS[@]}" "${PASSED[@]}" "${extra[@]}"
