@@ -19,10 +19,10 @@ from utils.seeds import SeedStage, derive_seeds
 class SelectiveSettings:
     """What the selective aggregation needs of the attack: its geometry, radius and EM settings."""
 
-    norm: str = "Linf"
-    radius: float = 8.0 / 255.0
-    em_steps: int = 3
-    sharpness: float = 5.0  # lambda of the E-step's sigmoid (DiffHammer's default)
+    norm: str  # 'Linf' | 'L2'
+    radius: float
+    em_steps: int
+    sharpness: float  # lambda of the E-step's sigmoid
 
 
 # (per-sample gradients (K, B, ...), per-sample losses (K, B), settings) -> gradient (B, ...)

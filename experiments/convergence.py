@@ -154,7 +154,8 @@ def markdown_table(runs: dict[str, Run]) -> str:
     if stages:
         lines.append(f"- broken by {stages[0]} includes the images the defense gets wrong without any attack (the "
                      f"clean errors, and clean images a worst-of-N scoring catches)")
-    lines += [f"- {purifier}: {attack_gradient('cascade', run.cascade, run.purifier)}" for purifier, run in runs.items()]
+    lines += [f"- {purifier}: {attack_gradient('cascade', run.cascade, run.purifier)}"
+              for purifier, run in runs.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -119,5 +119,6 @@ def seeded_noise(row_seeds: torch.Tensor, shape: tuple[int, ...], device: torch.
     return lambda k: per_row_normal(derive_seeds(0, row_seeds, k), shape, device, dtype)
 
 
-ANCESTRAL_PURIFIER = PurifierSpec(AncestralConfig, lambda config, context: AncestralPurifier(context.backbone(), config),
+ANCESTRAL_PURIFIER = PurifierSpec(AncestralConfig,
+                                  lambda config, context: AncestralPurifier(context.backbone(), config),
                                   gradient=unrolled("the DDPM ancestral chain from t* {t_star}"))

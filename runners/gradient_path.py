@@ -10,7 +10,8 @@ from typing import Any, Callable
 ADJOINT_FIDELITY: dict[float, tuple[float, float]] = {0.01: (0.0213, 65.6), 0.002: (0.157, 7.62), 0.001: (0.478, 1.97)}
 STRAIGHT_THROUGH = ("gradient: BPDA, the purifier's backward replaced by the identity (straight-through), not the "
                     "defense's gradient")
-TRANSFER = "gradient: none of the defense's (transfer: crafted on the bare classifier, the purifier never differentiated)"
+TRANSFER = ("gradient: none of the defense's (transfer: crafted on the bare classifier, the purifier never "
+            "differentiated)")
 
 # what the attack's backward sees of the guidance term, by grad_mode
 GUIDANCE_PATHS: dict[str, str] = {
