@@ -34,8 +34,8 @@ def aid_discriminator(model: nn.Module) -> AIDDiscriminator:
     """The discriminator of model.purifier, which must be an AIDPurifier."""
     purifier = getattr(model, "purifier", None)
     if not isinstance(purifier, AIDPurifier):
-        raise TypeError(f"pgd_aid_joint needs a defended model whose purifier is AID-Purifier (purifier: "
-                        f"{{name: aid}}), got purifier {type(purifier).__name__}; use pgd_eot for other defenses")
+        raise ValueError(f"pgd_aid_joint needs a defended model whose purifier is AID-Purifier (purifier: "
+                         f"{{name: aid}}), got purifier {type(purifier).__name__}; use pgd_eot for other defenses")
     return purifier.discriminator
 
 
@@ -52,6 +52,10 @@ class PGDAIDJoint(PGDEOT):
 
     name = "pgd_aid_joint"
     config_class: type = PGDAIDJointConfig
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a defense whose purifier is not AID-Purifier (there is no discriminator to fool)."""
+        aid_discriminator(model)
 
     def ascent_gradient(self, model: nn.Module) -> AscentGradient:
         """grad_x [CE(f(P(x)), y) + lambda log D(x)]: PGDEOT's EOT CE gradient plus the discriminator's term."""

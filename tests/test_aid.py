@@ -255,7 +255,7 @@ def test_joint_attack_reduces_to_pgd_and_pushes_d_up():
     assert (heavy.x_adv - x).abs().max() <= EPS + 1e-6
     with torch.no_grad():
         assert purifier.discriminator(heavy.x_adv).mean() > purifier.discriminator(plain.x_adv).mean()
-    with pytest.raises(TypeError, match="AID-Purifier"):
+    with pytest.raises(ValueError, match="AID-Purifier"):
         PGDAIDJoint(common).run(DefendedClassifier(IdentityPurifier(), model.classifier), x, y, indices, seed=1)
     assert "pgd_aid_joint" in ATTACKS
 

@@ -380,3 +380,6 @@ def test_an_attack_that_cannot_take_the_defense_fails_before_any_work(tmp_path, 
     attack = "attacks=[{name: cascade, attacks: [{name: pgd_eot, iterations: 1}, {name: diffattack, iterations: 1}]}]"
     code, out = run_eval(tmp_path, "--backend", "torchsde", "--set", attack)
     assert "diffattack needs the intermediate states" in refused(caplog, code, out)
+    caplog.clear()
+    code, out = run_eval(tmp_path, "--set", "attacks=[{name: pgd_aid_joint, iterations: 1}]")
+    assert "pgd_aid_joint needs a defended model whose purifier is AID-Purifier" in refused(caplog, code, out)
