@@ -68,11 +68,14 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fla
 
 
 MODEL_BACKWARD = "the attack backpropagates through the defended model as built (the summary states its gradient path)"
+IDENTITY_BACKWARD = "BPDA replaces the purifier's backward by the identity on purpose"
 
 
-def explain_expected_flags(flags: FlagDict, randomized: str, dynamic: str = MODEL_BACKWARD) -> FlagDict:
+def explain_expected_flags(flags: FlagDict, randomized: str, identity_backward: bool = False) -> FlagDict:
     """AutoAttack's randomized / dynamic warnings, which an EOT attack through a solver expects, replaced by
-    'expected: ...' and what the attack does about them (`randomized`, `dynamic`); other flags kept as they are."""
+    'expected: ...' and what the attack does about them (`randomized`; the backward it takes, the model's or the
+    identity's for BPDA); other flags kept as they are."""
+    dynamic = IDENTITY_BACKWARD if identity_backward else MODEL_BACKWARD
     notes = {"check_randomized": f"expected: the defense is randomized; {randomized}",
              "check_dynamic": f"expected: the forward pass runs an iterative solver; {dynamic}"}
     return {check: notes.get(check, message) if message else message for check, message in flags.items()}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.checks import MODEL_BACKWARD, check_zero_gradients, explain_expected_flags, run_sanity_checks
+from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
 from attacks.registry import check_attack_inputs
@@ -138,7 +138,6 @@ class PGDEOT:
     name = "pgd_eot"
     identity_backward = False
     config_class: type = PGDEOTConfig
-    gradient_note = MODEL_BACKWARD
 
     def __init__(self, config: Mapping[str, Any] | PGDEOTConfig | None = None) -> None:
         self.config = from_dict(self.config_class, {} if config is None else config, f"attack ({self.name})")
@@ -189,7 +188,7 @@ class PGDEOT:
         """AutoAttack's warnings that are expected for an EOT attack, replaced by what they mean for it; others kept."""
         return explain_expected_flags(flags, f"{self.name} averages each step's gradient over "
                                              f"{self.config.eot_samples} noise draws (EOT) and scores "
-                                             f"{self.config.eval_samples} forwards", self.gradient_note)
+                                             f"{self.config.eval_samples} forwards", self.identity_backward)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
             seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
@@ -209,7 +208,6 @@ class BPDAEOT(PGDEOT):
     name = "bpda_eot"
     identity_backward = True
     config_class = BPDAEOTConfig
-    gradient_note = "BPDA replaces the purifier's backward by the identity on purpose"
 
     def gradient_forward(self, model: nn.Module) -> LogitsFn:
         """classifier(x + (purifier(x) - x).detach())."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import eval_sde_adv
-from attacks.pgd import PGDEOT
+from attacks.pgd import BPDAEOT, PGDEOT
 from attacks.registry import ATTACKS, attack_config
 from runners.defended import PURIFIERS
 from utils.config import ConfigError
@@ -255,6 +255,8 @@ def test_pgd_eot_explains_expected_checks_and_keeps_real_warnings():
                                                 "gradient over 3 noise draws (EOT) and scores 5 forwards")
     assert flags["check_dynamic"].startswith("expected:") and "backpropagates through the defended model" in flags["check_dynamic"]
     assert flags["check_range_output"] == "probabilities" and flags["check_zero_gradients"] is None
+    bpda = BPDAEOT({"iterations": 1, "eot_samples": 3, "eval_samples": 5}).explain_flags(raw)
+    assert "backward by the identity" in bpda["check_dynamic"] and bpda["check_randomized"].startswith("expected:")
 
 
 def test_figure_captions_give_true_class_and_prediction():
