@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Callable, ClassVar, Literal, Mapping, Optional
 
 import torch
 from torch import nn
@@ -53,6 +53,7 @@ class ApgdEotConfig(ThreatConfig):
     random_start: bool = True
     score_at: tuple[int, ...] = ()  # also score the attack's point after these iterations (convergence curve)
     sanity_checks: bool = True
+    start_gradients: ClassVar[int] = 1  # EOT gradients taken before the first step: APGD evaluates its start point
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,19 +20,23 @@ SCORING_STAGE = "scoring"  # the progress stage of the clean and scoring forward
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """Per image: `iterations` gradient steps of `eot` samples each, then `scoring` stochastic forwards; a cascade
-    holds its `stages` instead (an upper bound: each stage runs only on the survivors of the previous ones)."""
+    """Per image: `iterations` gradient steps of `eot` samples each (plus `start` EOT gradients before the first
+    step), then `scoring` stochastic forwards; a cascade holds its `stages` instead (an upper bound: each stage runs
+    only on the survivors of the previous ones). The few sanity-check forwards of each batch are not counted."""
 
     key: str
     iterations: int
     eot: int
     scoring: int
     stages: tuple["AttackBudget", ...] = ()
+    start: int = 0
 
     @property
     def gradient_passes(self) -> int:
         """Forward-backward passes of the model per image (a cascade: every stage on every image)."""
-        return sum(s.gradient_passes for s in self.stages) if self.stages else self.iterations * self.eot
+        if self.stages:
+            return sum(s.gradient_passes for s in self.stages)
+        return (self.start + self.iterations) * self.eot
 
     def text(self) -> str:
         """'pgd_eot 8 x 2 EOT + 10 scoring forwards'; a cascade lists its stages, marked as an upper bound."""
@@ -43,15 +47,17 @@ class AttackBudget:
 
 
 def config_budget(key: str, config: object) -> AttackBudget:
-    """The budget of one attack config (PGD: iterations / eot_samples; AutoAttack: n_iter / eot_iter; scoring:
-    eval_samples at the end and at each score_at iteration; a cascade: the sum of its stages)."""
+    """The budget of one attack config (PGD: iterations / eot_samples; APGD-type: one more gradient, at the start;
+    AutoAttack: n_iter / eot_iter; scoring: eval_samples at the end and at each score_at iteration; a cascade: the
+    sum of its stages)."""
     if getattr(config, "attacks", None):
         stages = tuple(config_budget(key, stage_config) for key, _, stage_config in stage_configs(config))
         return AttackBudget(key, sum(s.iterations for s in stages), 1, sum(s.scoring for s in stages), stages)
     iterations = getattr(config, "iterations", None) or getattr(config, "n_iter", None) or AUTOATTACK_ITERATIONS
     eot = getattr(config, "eot_samples", None) or getattr(config, "eot_iter", None) or 1
     scored_points = 1 + len(getattr(config, "score_at", ()))  # the final point and each score_at snapshot
-    return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)) * scored_points)
+    return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)) * scored_points,
+                        start=getattr(config, "start_gradients", 0))
 
 
 def attack_budget(key: str, spec: AttackSpec) -> AttackBudget:

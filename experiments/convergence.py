@@ -3,9 +3,9 @@
     python -m experiments.convergence --runs docs/converged --out docs/converged
 
 table.md (the README's table), table.csv, checkpoints.csv and convergence.png. Per defense: clean accuracy, the robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the
-stages), with 95 % Wilson intervals over the images finished so far; the convergence check (worst-case robust
-count of each APGD-type stage at its scored iterations: doubling the last budget must change it by at most one
-image); and a figure against iterations for each attack and defense of the images not yet fooled (an image counts
+stages), with 95 % Wilson intervals over the images finished so far; the convergence check (the cascade's
+worst-case outcome per image with every APGD-type stage stopped at half its budget against the full budget: at
+most one image may change); and a figure against iterations for each attack and defense of the images not yet fooled (an image counts
 as fooled from the first iteration at which any of its EOT samples misclassified it, cumulative over the cascade;
 images a stage without a trace, PGD-EOT, broke count as fooled from the start of the next stage).
 """
@@ -93,38 +93,67 @@ def _broken_by(record: ImageRecord) -> Optional[str]:
     return record.attacks[CASCADE_KEY]["extra"]["broken_by"]
 
 
+def stage_scores(record: ImageRecord) -> dict[str, dict[int, bool]]:
+    """{stage: {scored iteration t: still correct worst-of-N at t}} of the stages that ran on the image with a score."""
+    scores: dict[str, dict[int, bool]] = {}
+    for name, trace in record.attacks[CASCADE_KEY].get("history", {}).items():
+        stage, _, field = name.partition(".")
+        if field.startswith("worst_correct_at_") and trace != "-":
+            scores.setdefault(stage, {})[int(field.rsplit("_", 1)[1])] = trace == "1"
+    return scores
+
+
 def checkpoint_counts(records: list[ImageRecord]) -> list[dict[str, Any]]:
     """Per stage and scored iteration t: images the stage attacked that were still correct (worst-of-N) at t."""
     counts: dict[tuple[str, int], int] = {}
     for r in records:
-        for name, trace in r.attacks[CASCADE_KEY].get("history", {}).items():
-            stage, _, field = name.partition(".")
-            if field.startswith("worst_correct_at_") and trace != "-":
-                key = (stage, int(field.rsplit("_", 1)[1]))
-                counts[key] = counts.get(key, 0) + int(trace == "1")
+        for stage, scores in stage_scores(r).items():
+            for t, correct in scores.items():
+                counts[(stage, t)] = counts.get((stage, t), 0) + int(correct)
     return [{"stage": s, "iteration": t, "robust": c} for (s, t), c in sorted(counts.items())]
 
 
-def doubling_changes(records: list[ImageRecord]) -> dict[str, tuple[int, int]]:
-    """{stage: (t, change)}: the change of the worst-case robust count between the stage's last scored iteration t
-    and t/2 (the doubling check), for the stages that scored both."""
-    by_stage: dict[str, dict[int, int]] = {}
-    for row in checkpoint_counts(records):
-        by_stage.setdefault(row["stage"], {})[row["iteration"]] = row["robust"]
-    return {stage: (t, abs(counts[t] - counts[t // 2])) for stage, counts in by_stage.items()
-            for t in [max(counts)] if t // 2 in counts}
+class Doubling(NamedTuple):
+    """The doubling check of a run at cascade level: the worst-of-N robust count with every scored stage stopped at
+    half its last scored iteration t and at t, and the images whose outcome differs (flips both ways count)."""
+
+    spans: str  # the doublings checked, '50 -> 100'
+    robust_half: int
+    robust_full: int
+    flips: int
+    final: bool  # every scored stage that ran was scored at t / 2 and t, with t its iteration budget
 
 
-def doubling_cell(changes: dict[str, tuple[int, int]], iterations: dict[str, int]) -> str:
-    """The table's doubling check: the largest change, the doublings checked and the verdict (converged only when
-    every change is at most one image and every stage was checked at its final budget)."""
-    if not changes:
+def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> Optional[Doubling]:
+    """The cascade's doubling check, or None if no stage was scored before its end. At t / 2 an image counts robust
+    if no untraced stage broke it and every scored stage it ran had it correct at t / 2 (an upper bound of a cascade
+    run at t / 2: later stages were not run on the images a stage broke only after t / 2)."""
+    per_image = [stage_scores(r) for r in records]
+    if not any(len(scores) > 1 for image in per_image for scores in image.values()):
+        return None
+    spans: dict[str, None] = {}
+    final, flips, robust_half = True, 0, 0
+    for record, image in zip(records, per_image):
+        half_ok = _broken_by(record) is None or _broken_by(record) in image
+        for stage, scores in image.items():
+            t = max(scores)
+            final &= t // 2 in scores and t == iterations.get(stage, t)
+            spans[f"{t // 2} -> {t}"] = None
+            half_ok &= scores.get(t // 2, scores[t])
+        robust_half += half_ok
+        flips += half_ok != (_broken_by(record) is None)
+    robust_full = sum(_broken_by(r) is None for r in records)
+    return Doubling(", ".join(sorted(spans, key=lambda span: int(span.split()[0]))), robust_half, robust_full,
+                    flips, final)
+
+
+def doubling_cell(check: Optional[Doubling]) -> str:
+    """The table's doubling check: the images that change, the robust counts, the doublings checked and the
+    verdict (converged only when at most one image changes and every stage was checked at its final budget)."""
+    if check is None:
         return "-"
-    largest = max(change for _, change in changes.values())
-    spans = ", ".join(dict.fromkeys(f"{t // 2} -> {t}" for t, _ in sorted(changes.values())))
-    final = all(t == iterations.get(stage, t) for stage, (t, _) in changes.items())
-    verdict = "NOT converged" if largest > 1 else "converged" if final else "not checked at the final budget"
-    return f"{largest} at {spans} ({verdict})"
+    verdict = "NOT converged" if check.flips > 1 else "converged" if check.final else "not checked at the final budget"
+    return f"{check.flips} ({check.robust_half} -> {check.robust_full} robust) at {check.spans} ({verdict})"
 
 
 def markdown_table(runs: dict[str, Run]) -> str:
@@ -135,7 +164,8 @@ def markdown_table(runs: dict[str, Run]) -> str:
     shared_score = next(iter(scores)) if len(scores) == 1 else None
     robust_header = f"robust, {shared_score} (%)" if shared_score else "robust (%), scoring per row"
     lines = [f"| defense | n | clean (%) | {robust_header} [95 % CI] | broken by " + " / ".join(stages)
-             + " | doubling t/2 -> t: largest change (images) | score-network evals / image | s / image |",
+             + " | doubling t/2 -> t: images that change (robust at t/2 -> t) | score-network evals / image "
+             "| s / image |",
              "|---|---:|---|---|---|---|---:|---:|"]
     for purifier, run in runs.items():
         records, n = run.records, len(run.records)
@@ -144,7 +174,7 @@ def markdown_table(runs: dict[str, Run]) -> str:
         row = wilson_row(robust, n)
         scoring = "" if shared_score else f", {run.score}"
         broken = " / ".join(str(sum(_broken_by(r) == s for r in records)) for s in stages)
-        check = doubling_cell(doubling_changes(records), run.iterations)
+        check = doubling_cell(doubling_check(records, run.iterations))
         evals = np.mean([r.attacks[CASCADE_KEY]["cost"]["score_evals"] for r in records])
         seconds = np.mean([r.seconds[CASCADE_KEY] for r in records])
         lines.append(f"| {purifier} | {n} | {100 * clean / n:.1f} ({clean}/{n}) | {100 * row['p']:.1f} ({robust}/{n}"

@@ -3,9 +3,11 @@
     python -m experiments.paired --runs RUN_A RUN_B --out DIR [--attacks KEY_A KEY_B]
 
 For every attack both runs made and every score of it (1 forward, vote and worst of K, and the worst-of-K
-checkpoints of APGD-type attacks at their score_at iterations): n common images, robust accuracy of each run with
-its 95 % Wilson interval, the images robust only under A and only under B, and the exact two-sided sign test on
-those discordant pairs (binomial, p = 1/2). Writes paired.csv and paired.md to --out.
+checkpoints of an APGD-type attack at its score_at iterations; a cascade's per-stage checkpoints are in
+experiments.convergence): n common images, robust accuracy of each run with its 95 % Wilson interval, the images
+robust only under A and only under B, and the exact two-sided sign test on those discordant pairs (binomial,
+p = 1/2). The runs must be on the same dataset (labels checked per image) and score with the same K. Writes
+paired.csv and paired.md to --out.
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from typing import Any, Optional, Sequence
 import yaml
 from scipy import stats
 
+from evaluation.evaluate import attack_keys
+from evaluation.experiment import AttackSpec
 from evaluation.labels import purifier_label
 from evaluation.report import RULE_NAMES
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
 from experiments.common import base_parser, run_cli, run_metadata, start_cli, wilson_row, write_csv
+from utils.config import require
 from utils.files import atomic_write_text
 
 CHECKPOINT_PREFIX = "worst_correct_at_"
@@ -41,17 +46,35 @@ def sign_test(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
 
 
+def common_images(a: dict[int, ImageRecord], b: dict[int, ImageRecord]) -> list[int]:
+    """The dataset indices both runs have, checked to carry the same label (the same dataset)."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two runs share no image: compare runs of the same data subset")
+    for i in common:
+        if a[i].label != b[i].label:
+            raise ValueError(f"dataset index {i} has label {a[i].label} in A and {b[i].label} in B: the runs are on "
+                             "different data; compare runs of the same dataset")
+    return common
+
+
+def attack_pairs(a: dict[int, ImageRecord], b: dict[int, ImageRecord],
+                 attacks: Optional[tuple[str, str]] = None) -> list[tuple[str, str]]:
+    """(key in A, key in B) of the attacks to compare: `attacks` if given, else every key both runs have."""
+    if attacks is not None:
+        return [attacks]
+    first = common_images(a, b)[0]
+    return [(k, k) for k in a[first].attacks if k in b[first].attacks]
+
+
 def compare(a: dict[int, ImageRecord], b: dict[int, ImageRecord],
             attacks: Optional[tuple[str, str]] = None) -> list[dict[str, Any]]:
     """One row per (attack, score) both runs have on every common image, clean accuracy first; with `attacks`
     (key in A, key in B) only that pair, e.g. the demo's pgd_eot against the converged run's cascade."""
-    common = sorted(set(a) & set(b))
-    if not common:
-        raise ValueError("the two runs share no image: compare runs of the same data subset")
+    common = common_images(a, b)
     rows = [_row("clean", "defended", [(a[i].clean["defended"]["correct"], b[i].clean["defended"]["correct"])
                                        for i in common])]
-    pairs = [(k, k) for k in a[common[0]].attacks if k in b[common[0]].attacks] if attacks is None else [attacks]
-    for key_a, key_b in pairs:
+    for key_a, key_b in attack_pairs(a, b, attacks):
         missing = [i for i in common if key_a not in a[i].attacks or key_b not in b[i].attacks]
         if missing:
             raise ValueError(f"attack {key_a!r} (A) or {key_b!r} (B) is missing for dataset index {missing[0]}: "
@@ -84,13 +107,38 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load(header.read_text())["config"]
 
 
-def seed_note(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Whether the two runs share the seeds that make a pairing exact: eval seed (attack and noise draws), data."""
-    keys = {"eval seed": lambda c: c["eval"]["seed"], "dataset": lambda c: c["data"]["name"],
-            "data seed": lambda c: c["data"]["data_seed"]}
-    differ = [f"{name} {get(a)} vs {get(b)}" for name, get in keys.items() if get(a) != get(b)]
-    return ("Same eval seed, dataset and data seed: each image is paired with the same noise and attack seeds."
-            if not differ else f"The runs differ in {', '.join(differ)}: images are paired, seeds are not.")
+def scoring_samples(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """{attack key: the K of its vote / worst-of-K scores (a cascade: its stages')} of a run's resolved config."""
+    entries = config.get("attacks", [])
+    keys = attack_keys(tuple(AttackSpec(e["name"], None, e.get("target", "defended")) for e in entries))
+    return {key: tuple(sorted({s.get("eval_samples", 1) for s in e.get("attacks", [e])})) for key, e in zip(keys, entries)}
+
+
+def same_scoring(configs: tuple[dict[str, Any], dict[str, Any]], pairs: list[tuple[str, str]]) -> str:
+    """'K = 10': the K both runs score every compared attack with; refuses runs on other datasets or with other K."""
+    names = [c["data"]["name"] for c in configs]
+    require(names[0] == names[1], f"A is a run on {names[0]}, B on {names[1]}: compare runs of the same dataset")
+    samples = scoring_samples(configs[0]), scoring_samples(configs[1])
+    for key_a, key_b in pairs:
+        k_a, k_b = ("/".join(map(str, side.get(key, ()))) for side, key in zip(samples, (key_a, key_b)))
+        require(k_a == k_b, f"A scores {key_a} with K = {k_a}, B scores {key_b} with K = {k_b}: worst / vote of K "
+                            "differ in meaning; compare runs with the same eval_samples")
+    ks = sorted({k for key_a, _ in pairs for k in samples[0].get(key_a, ())})
+    return "K = " + " / ".join(map(str, ks)) if ks else ""
+
+
+def seed_note(a: dict[int, ImageRecord], b: dict[int, ImageRecord], same_attack: bool) -> str:
+    """What the pairing shares, from the per-image seeds: the clean purification noise, and the attacks' seeds when
+    both sides ran the same attack (`same_attack`); also how many images each run has."""
+    common = common_images(a, b)
+    same = {kind: all(a[i].seeds.get(kind) == b[i].seeds.get(kind) for i in common) for kind in ("clean_noise", "attack")}
+    sizes = f"A has {len(a)} images, B {len(b)}; the table pairs the {len(common)} both have."
+    if same["clean_noise"] and same["attack"] and same_attack:
+        return f"{sizes} Same clean-noise and attack seeds on every image."
+    if same["clean_noise"]:
+        return (f"{sizes} Same clean-noise seeds on every image (the clean column uses the same draws); the attacks "
+                "differ, so their noise draws do not correspond.")
+    return f"{sizes} The clean-noise seeds differ (another eval seed or dataset order): images are paired, draws are not."
 
 
 def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str, note: str = "") -> str:
@@ -117,11 +165,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run_a, run_b = args.runs
     configs = run_config(run_a), run_config(run_b)
     records = read_records(run_a), read_records(run_b)
-    rows = compare(*records, None if args.attacks is None else tuple(args.attacks))
+    attacks = None if args.attacks is None else (args.attacks[0], args.attacks[1])
+    pairs = attack_pairs(*records, attacks)
+    scoring = same_scoring(configs, pairs)
+    rows = compare(*records, attacks)
     write_csv(out / "paired.csv", rows)
     meta = run_metadata(argv)
     labels = purifier_label(configs[0]["purifier"]), purifier_label(configs[1]["purifier"])
-    atomic_write_text(out / "paired.md", markdown(rows, *labels, seed_note(*configs))
+    note = (f"{scoring}. " if scoring else "") + seed_note(*records, all(key_a == key_b for key_a, key_b in pairs))
+    atomic_write_text(out / "paired.md", markdown(rows, *labels, note)
                       + f"\nMade by `python -m experiments.paired {' '.join(argv)}` (git {meta['git']}).\n")
 
 

@@ -18,10 +18,11 @@ from matplotlib.container import ErrorbarContainer
 from evaluation.results import CONFIG_FILE, ImageRecord, ResultWriter
 from experiments.convergence import main as convergence_main
 from experiments.common import run_cli
-from experiments.convergence import (Run, checkpoint_counts, curves, doubling_changes, figure, markdown_table,
+from experiments.convergence import (Doubling, Run, checkpoint_counts, curves, doubling_check, figure, markdown_table,
                                      stage_table)
-from experiments.paired import compare, seed_note, sign_test
+from experiments.paired import compare, same_scoring, seed_note, sign_test
 from tests.figures import errorbar_spans
+from utils.config import ConfigError
 
 
 def _record(index: int, broken_by, stages, correct_a: str, correct_b: str, worst_b: str) -> ImageRecord:
@@ -72,16 +73,36 @@ def test_doubling_check_and_markdown_table():
                _cascade_record(1, TRACED, {25: "1", 50: "1", 100: "0"}, 20.0, 2.0),
                _cascade_record(2, TRACED, {25: "1", 50: "0", 100: "0"}, 30.0, 3.0),
                _cascade_record(3, None, {25: "1", 50: "1", 100: "1"}, 40.0, 6.0)]
-    assert doubling_changes(records) == {TRACED: (100, 1)} and doubling_changes(records[:1]) == {}
+    budgets = {UNTRACED: 10, TRACED: 100}
+    assert doubling_check(records, budgets) == Doubling("50 -> 100", 2, 1, 1, True)
+    assert doubling_check(records[:1], budgets) is None
     text = markdown_table({"coup": Run(COUP, CASCADE, records)})
     row = text.splitlines()[2]
-    assert row == "| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 at 50 -> 100 (converged) | 25 | 3 |"
+    assert row == ("| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 (2 -> 1 robust) at 50 -> 100 "
+                   "(converged) | 25 | 3 |")
     assert text.splitlines()[0].startswith("| defense | n | clean (%) | robust, worst of 10 (%) [95 % CI] | broken by "
                                            "pgd_eot / apgd_eot_ce |")
     assert "- broken by pgd_eot includes the images the defense gets wrong without any attack" in text
     assert "- coup: gradient: exact (backprop through the discretised solver, dt 0.01), guidance term" in text
     late = [_cascade_record(i, TRACED, {50: "1", 100: "0"}, 1.0, 1.0) for i in range(2)]
-    assert "| 2 at 50 -> 100 (NOT converged) |" in markdown_table({"none": Run({"name": "none"}, CASCADE, late)})
+    assert "| 2 (2 -> 0 robust) at 50 -> 100 (NOT converged) |" in markdown_table(
+        {"none": Run({"name": "none"}, CASCADE, late)})
+
+
+def test_doubling_check_counts_flips_both_ways_and_over_the_whole_cascade():
+    """Two images that flip in opposite directions keep the count but fail the check; so do two stages that each
+    change one image (each stage alone would pass)."""
+    opposite = [_cascade_record(0, TRACED, {50: "1", 100: "0"}, 1.0, 1.0),
+                _cascade_record(1, None, {50: "0", 100: "1"}, 1.0, 1.0)]
+    assert doubling_check(opposite, {TRACED: 100}) == Doubling("50 -> 100", 1, 1, 2, True)
+    assert "| 2 (1 -> 1 robust) at 50 -> 100 (NOT converged) |" in markdown_table({"coup": Run(COUP, CASCADE, opposite)})
+    second = "apgd_eot_dlr"
+    two_stages = [_cascade_record(0, TRACED, {50: "1", 100: "0"}, 1.0, 1.0),
+                  _cascade_record(1, second, {50: "1", 100: "1"}, 1.0, 1.0),
+                  _cascade_record(2, None, {50: "1", 100: "1"}, 1.0, 1.0)]
+    two_stages[1].attacks["cascade"]["history"].update({f"{second}.worst_correct_at_50": "1",
+                                                       f"{second}.worst_correct_at_100": "0"})
+    assert doubling_check(two_stages, {TRACED: 100, second: 100}) == Doubling("50 -> 100", 3, 1, 2, True)
 
 
 def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_per_row():
@@ -89,7 +110,7 @@ def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_p
     early = [_cascade_record(i, None, {25: "1", 50: "1"}, 1.0, 1.0) for i in range(2)]
     vote = attack_config("cascade", {"attacks": [dict(s, eval_samples=4) for s in STAGES], "survivor_rule": "vote"})
     text = markdown_table({"coup": Run(COUP, CASCADE, early), "none": Run({"name": "none"}, vote, early)})
-    assert "| 0 at 25 -> 50 (not checked at the final budget) |" in text
+    assert "| 0 (2 -> 2 robust) at 25 -> 50 (not checked at the final budget) |" in text
     assert "robust (%), scoring per row [95 % CI]" in text.splitlines()[0]
     assert "| 100.0 (2/2, worst of 10) [" in text and "| 100.0 (2/2, vote of 4) [" in text
 
@@ -113,7 +134,8 @@ def test_command_writes_the_table_csvs_and_figure_from_run_folders(tmp_path):
     (tmp_path / "out" / "checkpoints.csv").write_text("stale\n")
     convergence_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "table.md").read_text().splitlines()
-    assert table[2] == "| coup | 3 | 100.0 (3/3) | 66.7 (2/3) [20.8, 93.9] | 0 / 1 | 1 at 50 -> 100 (converged) | 8 | 2 |"
+    assert table[2] == ("| coup | 3 | 100.0 (3/3) | 66.7 (2/3) [20.8, 93.9] | 0 / 1 | 1 (3 -> 2 robust) at 50 -> 100 "
+                        "(converged) | 8 | 2 |")
     assert table[3].startswith("| none | 2 | 0.0 (0/2) | 0.0 (0/2) [0.0, 65.8] | 2 / 0 | - |")
     assert (tmp_path / "out" / "convergence.png").stat().st_size > 0
     assert (tmp_path / "out" / "checkpoints.csv").read_text().splitlines()[1:] == [
@@ -201,8 +223,30 @@ def test_paired_comparison_counts_discordant_images_and_runs_the_sign_test():
         compare(a, renamed, ("apgd_eot", "apgd_eot"))
 
 
-def test_paired_note_says_whether_the_seeds_match():
-    config = {"eval": {"seed": 121}, "data": {"name": "fashion-mnist", "data_seed": 0, "num_sub": 32}}
-    other = {"eval": {"seed": 7}, "data": {"name": "fashion-mnist", "data_seed": 0, "num_sub": 64}}
-    assert seed_note(config, dict(config, data={**config["data"], "num_sub": 64})).startswith("Same eval seed")
-    assert seed_note(config, other) == "The runs differ in eval seed 121 vs 7: images are paired, seeds are not."
+def test_paired_note_says_what_the_pairing_shares_and_how_many_images():
+    a = {i: dataclasses.replace(_scored(i, True, True, True, "1"), seeds={"clean_noise": i, "attack": 5})
+         for i in range(3)}
+    b = {i: dataclasses.replace(r, seeds={"clean_noise": i, "attack": 5}) for i, r in a.items() if i < 2}
+    assert seed_note(a, b, True) == ("A has 3 images, B 2; the table pairs the 2 both have. Same clean-noise and "
+                                     "attack seeds on every image.")
+    assert "Same clean-noise seeds on every image" in seed_note(a, b, False)
+    other = {i: dataclasses.replace(r, seeds={"clean_noise": 7, "attack": 5}) for i, r in b.items()}
+    assert seed_note(a, other, True).endswith("The clean-noise seeds differ (another eval seed or dataset order): "
+                                              "images are paired, draws are not.")
+
+
+def test_paired_comparison_refuses_other_data_and_other_k():
+    a = {i: _scored(i, True, True, True, "1") for i in range(2)}
+    relabelled = {i: dataclasses.replace(r, label=3) for i, r in a.items()}
+    with pytest.raises(ValueError, match="dataset index 0 has label 0 in A and 3 in B"):
+        compare(a, relabelled)
+    config = {"data": {"name": "fashion-mnist"}, "attacks": [{"name": "pgd_eot", "eval_samples": 10},
+                                                             {"name": "cascade", "attacks": [{"eval_samples": 10}]}]}
+    assert same_scoring((config, config), [("pgd_eot", "cascade")]) == "K = 10"
+    twenty = dict(config, attacks=[{"name": "pgd_eot", "eval_samples": 20}])
+    with pytest.raises(ConfigError, match="A scores pgd_eot with K = 10, B scores pgd_eot with K = 20: "):
+        same_scoring((config, twenty), [("pgd_eot", "pgd_eot")])
+    with pytest.raises(ConfigError, match="A is a run on fashion-mnist, B on cifar10"):
+        same_scoring((config, dict(config, data={"name": "cifar10"})), [("pgd_eot", "pgd_eot")])
+
+

@@ -286,7 +286,7 @@ def test_cascade_budget_counts_every_stage_and_its_scored_points():
         {"name": "apgd_eot", "loss": "dlr", "iterations": 8, "eot_samples": 2, "eval_samples": 4, "score_at": [4]}]})
     budget = config_budget("cascade", cascade)
     assert [s.key for s in budget.stages] == ["pgd_eot", "apgd_eot_dlr"]
-    assert budget.gradient_passes == 6 * 3 + 8 * 2
+    assert budget.gradient_passes == 6 * 3 + (1 + 8) * 2  # APGD also takes the gradient at its start point
     assert budget.iterations == 14 and budget.scoring == 5 + 4 * 2
     assert budget.text().startswith("cascade of 2 stages, at most (later stages see only survivors): pgd_eot 6 x 3 EOT")
-    assert attack_weights([budget]) == {"cascade": 3.0 * 34, "scoring": 1.0 + 13}
+    assert attack_weights([budget]) == {"cascade": 3.0 * 36, "scoring": 1.0 + 13}

@@ -12,6 +12,7 @@ from attacks.aggregation import SelectiveSettings, fixed_noise, selective_gradie
 from attacks.apgd import Point, apgd_checkpoints, halving, keep_most_wrong
 from attacks.diffattack import deviation_tap, reference_states, step_weights
 from attacks.losses import dlr_rows
+from evaluation.run_plan import config_budget
 from runners.defended import DefendedClassifier
 from runners.purifiers import DiffusionPurifier, IdentityPurifier, PurifierConfig
 from runners.solvers import reverse_em_step
@@ -262,3 +263,24 @@ def test_diffattack_refuses_a_purifier_without_exact_states_and_is_ce_without_a_
     seeds, y = torch.tensor([1]), torch.tensor([2])
     loss, _ = build_attack("diffattack").objective(bare, x)(x, y, seeds)
     assert torch.equal(loss, build_attack("apgd_eot").objective(bare, x)(x, y, seeds)[0])
+
+
+class GradientRows(CallLog):
+    """Counts the rows of the calls that are differentiated (the attack's forward-backward passes)."""
+
+    def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.sizes.append(x.shape[0])
+        return self.model(x, noise_seeds)
+
+
+@pytest.mark.parametrize("name", ["pgd_eot", "apgd_eot", "diffattack", "selective_eot"])
+def test_run_plan_counts_the_forward_backward_passes_an_attack_makes(name):
+    """The size a run logs before it starts (evaluation.run_plan) is what the attack does: APGD-type attacks take one
+    EOT gradient more than their iterations, at the start point."""
+    classifier, x, y, indices = linear_problem(n=4)
+    config = {"eps": 0.004, "iterations": 5, "eot_samples": 3, "eval_samples": 2, "sanity_checks": False}
+    attack = build_attack(name, config)
+    logged = GradientRows(Defended(NoisyIdentity(0.01), classifier))
+    attack.run(logged, x, y, indices, seed=3)
+    assert sum(logged.sizes) == config_budget(name, attack.config).gradient_passes * x.shape[0]
