@@ -197,9 +197,10 @@ class ApgdEot:
             if k + 1 in checkpoints:
                 halve = halving(increases / (k + 1 - last_checkpoint), config.rho, best_loss > best_last, halved_last)
                 eta = torch.where(halve, eta / 2, eta)
-                x_k, x_prev = _where(halve, best_x, x_k), _where(halve, best_x, x_prev)
-                current = Point(torch.where(halve, best_loss, current.loss), current.wrong,
-                                _where(halve, best_grad, current.grad))
+                # restart from the best point with its gradient; as in the reference code, the next step's momentum
+                # is best_x - x_prev and its loss is compared with this iterate's (condition 1 counts iterate rises)
+                x_k = _where(halve, best_x, x_k)
+                current = Point(current.loss, current.wrong, _where(halve, best_grad, current.grad))
                 increases, last_checkpoint = torch.zeros_like(eta), k + 1
                 halved_last, best_last = halve, best_loss.clone()
             if k + 1 in config.score_at:

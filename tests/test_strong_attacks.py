@@ -284,3 +284,27 @@ def test_run_plan_counts_the_forward_backward_passes_an_attack_makes(name):
     logged = GradientRows(Defended(NoisyIdentity(0.01), classifier))
     attack.run(logged, x, y, indices, seed=3)
     assert sum(logged.sizes) == config_budget(name, attack.config).gradient_passes * x.shape[0]
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_eot_follows_the_reference_apgd_on_a_deterministic_network(loss):
+    """K = 1, no noise, both started at x: the best loss per image equals auto-attack's APGDAttack's (the same
+    step-size schedule, halving, restarts from the best point and momentum, iterate by iterate)."""
+    from pyautoattack.autopgd_base import APGDAttack
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(6 * (torch.rand(p.shape, generator=gen) - 0.5) / p.shape[-1] ** 0.5)
+    net.requires_grad_(False)
+    x = torch.rand(400, 1, 8, 8, generator=gen)
+    y = net(x).argmax(dim=1)
+    attack = build_attack("apgd_eot", {"loss": loss, "eps": 0.03, "iterations": 100, "eot_samples": 1,
+                                       "random_start": False, "sanity_checks": False})
+    _, history, _, _ = attack.perturb(Defended(NoisyIdentity(0.0), net), x, y, torch.arange(400), seed=3)
+    reference = APGDAttack(net, n_iter=100, norm="Linf", n_restarts=1, eps=0.03, seed=0, loss=loss, rho=0.75,
+                           device="cpu")
+    reference.init_hyperparam(x)
+    _, _, best_loss, _ = reference.attack_single_run(x, y, x_init=x.clone())
+    ours = history["loss"].max(dim=1).values
+    assert torch.allclose(ours, best_loss, rtol=1e-4, atol=1e-4)
