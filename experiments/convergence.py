@@ -132,17 +132,18 @@ def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> Op
     if not any(len(scores) > 1 for image in per_image for scores in image.values()):
         return None
     spans: dict[str, None] = {}
-    final, flips, robust_half = True, 0, 0
+    final, flips, robust_half, robust_full = True, 0, 0, 0
     for record, image in zip(records, per_image):
-        half_ok = _broken_by(record) is None or _broken_by(record) in image
+        broken_by = _broken_by(record)
+        half_ok = broken_by is None or broken_by in image
         for stage, scores in image.items():
             t = max(scores)
             final &= t // 2 in scores and t == iterations.get(stage, t)
             spans[f"{t // 2} -> {t}"] = None
             half_ok &= scores.get(t // 2, scores[t])
         robust_half += half_ok
-        flips += half_ok != (_broken_by(record) is None)
-    robust_full = sum(_broken_by(r) is None for r in records)
+        robust_full += broken_by is None
+        flips += half_ok != (broken_by is None)
     return Doubling(", ".join(sorted(spans, key=lambda span: int(span.split()[0]))), robust_half, robust_full,
                     flips, final)
 

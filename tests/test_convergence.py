@@ -248,5 +248,3 @@ def test_paired_comparison_refuses_other_data_and_other_k():
         same_scoring((config, twenty), [("pgd_eot", "pgd_eot")])
     with pytest.raises(ConfigError, match="A is a run on fashion-mnist, B on cifar10"):
         same_scoring((config, dict(config, data={"name": "cifar10"})), [("pgd_eot", "pgd_eot")])
-
-
