@@ -21,7 +21,7 @@ from typing import Any, Optional, get_args
 import torch
 
 from attacks.registry import ATTACKS
-from experiments.gradient_audit import audit_images, write_audit
+from experiments.gradient_audit import AUDIT_FILE, audit_images, read_audit, write_audit
 from runners.aid import AIDGradMode
 from runners.defended import PURIFIERS, DefendedClassifier
 from runners.guidance import GradMode
@@ -36,7 +36,7 @@ from utils.precision import numerics
 from utils.progress import DEFAULT_INTERVAL, Progress
 from evaluation.reuse import clear_run, reuse_text, row_origin
 from evaluation.run_plan import (AttackBudget, attack_budget, attack_weights, describe_size, estimate_line, reverse_steps,
-                            seconds_per_image)
+                                 seconds_per_image, step_evaluations_per_gradient_pass)
 from evaluation.evaluate import (AttackRun, Batch, Models, attack_runs, attack_seed, clean_noise_seeds, evaluate_batch,
                                  example_images, make_models, pending_batches, plan_batches)
 from evaluation.experiment import Experiment, load_experiment, load_prerequisites
@@ -161,7 +161,8 @@ def plan_run(models: Models, runs: list[AttackRun], images: ImageSet, todo: list
     """Log the run's size and a time estimate from timing (up to TIMING_IMAGES of) the first pending batch."""
     budgets = [attack_budget(run.key, run.spec) for run in runs]
     n_todo = sum(b.stop - b.start for b in todo)
-    log.info("%s", describe_size(len(images.indices), n_todo, budgets, reverse_steps(experiment.purifier)))
+    log.info("%s", describe_size(len(images.indices), n_todo, budgets, reverse_steps(experiment.purifier),
+                                 step_evaluations_per_gradient_pass(experiment.purifier)))
     if todo:
         part = slice(todo[0].start, min(todo[0].stop, todo[0].start + TIMING_IMAGES))
         x, y = images.x[part].to(device), images.y[part].to(device)
@@ -209,7 +210,7 @@ def check_attacks(runs: list[AttackRun], models: Models) -> None:
 
 
 def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: Path, n_images: int,
-                         experiment: Experiment) -> None:
+                         experiment: Experiment) -> list[dict[str, Any]]:
     """The gradient audit of the first n_images images (noise seeds from eval.seed) into run_dir/gradient_audit.json
     and .csv, the files experiments.gradient_audit writes (so experiments.audit_table reads a run folder too)."""
     n = min(n_images, len(images.indices))
@@ -217,13 +218,14 @@ def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: P
     records = audit_images(model, images.x[:n].to(device), images.y[:n].to(device), images.indices[:n],
                            experiment.file.eval.seed)
     write_audit(run_dir, records, {"run": run_dir.name, "config": experiment.to_dict()})
-    log.info("gradient audit of %d image(s) written to %s", n, run_dir / "gradient_audit.json")
+    log.info("gradient audit of %d image(s) written to %s", n, run_dir / AUDIT_FILE)
+    return records
 
 
 def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: bool = False,
              interval: float = DEFAULT_INTERVAL, audit: int = 0) -> Optional[str]:
-    """Run this shard's pending batches, then (rank 0) write the summary (and the gradient audit of `audit` images);
-    returns the summary's Markdown on rank 0.
+    """Run this shard's pending batches, then (rank 0) the gradient audit of `audit` images and the summary (which
+    quotes the run folder's audit, this one or an earlier one); returns the summary's Markdown on rank 0.
 
     Every prerequisite (data, checkpoints) is loaded before the run folder is made; fresh: rank 0 first deletes the
     run folder's earlier results (evaluation.reuse.clear_run).
@@ -244,10 +246,10 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
     records = ordered_records(read_records(run_dir), images.indices.tolist())
     info = RunInfo(run_dir.name, str(config_path), digest, attack_seed(experiment.file.eval.seed), shard.world_size,
                    started_ns)
-    markdown = write_summary(run_dir, build_summary(experiment, records, info))
+    audited = (write_gradient_audit(models.defended, images, run_dir, audit, experiment) if audit > 0
+               else read_audit(run_dir))
+    markdown = write_summary(run_dir, build_summary(experiment, records, info, audited))
     log.info("summary written to %s", run_dir)
-    if audit > 0:
-        write_gradient_audit(models.defended, images, run_dir, audit, experiment)
     return markdown
 
 

@@ -34,6 +34,11 @@ class ApgdCeConfig(ThreatConfig):
         require(self.batch_size is None or self.batch_size >= 1,
                 f"attack.batch_size must be >= 1, got {self.batch_size}")
 
+    @property
+    def eot_samples(self) -> int:
+        """Gradient samples per APGD step (eot_iter, AutoAttack's name)."""
+        return self.eot_iter
+
 
 class ApgdCeEval(AutoAttackEval):
     """AutoAttack restricted to APGD-CE (its 'custom' version), seeded; scores as AutoAttackEval does."""

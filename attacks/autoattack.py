@@ -22,6 +22,7 @@ CHECKS_RUN = {
 }
 # optional budget fields (None: the version's own value) -> the AutoAttack sub-attacks whose attribute they set
 BUDGET_TARGETS = {"n_iter": ("apgd", "apgd_targeted", "fab"), "n_queries": ("square",), "eot_iter": ("apgd",)}
+RAND_EOT = 20  # the EOT samples of APGD in AutoAttack's 'rand' version
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class AutoAttackConfig(ThreatConfig):
             value = getattr(self, budget)
             require(value is None or value >= 1, f"attack.{budget} must be >= 1 or null, got {value}")
         require(self.batch_size is None or self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def eot_samples(self) -> int:
+        """Gradient samples per APGD step: eot_iter, else the version's own (1, or 20 for 'rand')."""
+        return self.eot_iter or (RAND_EOT if self.version == "rand" else 1)
 
 
 class AutoAttackEval:

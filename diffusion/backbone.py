@@ -14,6 +14,12 @@ class VPBackbone(nn.Module):
         super().__init__()
         self.sde = sde
 
+    @property
+    def network(self) -> nn.Module:
+        """The module one call of which is one score-network evaluation (cost accounting): the adapter itself for a
+        closed-form score; adapters of a network return the wrapped network, which every path calls."""
+        return self
+
     def epsilon(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted noise eps(x_t, t), shape of x."""
         raise NotImplementedError

@@ -144,19 +144,24 @@ def _scores(output: AttackOutput, b: int) -> dict[str, Any]:
 
 
 def run_attack(run: AttackRun, models: Models, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, seed: int,
-               evaluate_classifier: bool, on_step: Optional[StageCallback] = None) -> dict[str, AttackOutput]:
-    """{'defended': output scored on the defended model, 'classifier': on the bare one (when asked)}."""
+               on_step: Optional[StageCallback] = None) -> dict[str, AttackOutput]:
+    """{'defended': output scored on the defended model}, and for a transfer attack 'classifier': its output on the
+    bare classifier it was crafted on."""
     callback = None if on_step is None else partial(on_step, run.key)
     if run.spec.target == "classifier":
         source = run.attack.run(models.classifier, x, y, indices, seed, callback)
         predictions, correct = score_samples(models.defended, source.x_adv, y, indices, seed,
                                              run.spec.config.eval_samples)
-        outputs = {"defended": AttackOutput(source.x_adv, predictions, correct, source.flags)}
-        return {**outputs, "classifier": source} if evaluate_classifier else outputs
-    outputs = {"defended": run.attack.run(models.defended, x, y, indices, seed, callback)}
-    if evaluate_classifier:
-        outputs["classifier"] = run.attack.run(models.classifier, x, y, indices, seed)
-    return outputs
+        return {"defended": AttackOutput(source.x_adv, predictions, correct, source.flags), "classifier": source}
+    return {"defended": run.attack.run(models.defended, x, y, indices, seed, callback)}
+
+
+def classifier_output(run: AttackRun, models: Models, outputs: dict[str, AttackOutput], x: torch.Tensor,
+                      y: torch.Tensor, indices: torch.Tensor, seed: int) -> AttackOutput:
+    """The attack's output on the bare classifier (eval.evaluate_classifier): a transfer attack's own source, else
+    the same attack run on the classifier (not part of the defended attack's cost)."""
+    source = outputs.get("classifier")
+    return source if source is not None else run.attack.run(models.classifier, x, y, indices, seed)
 
 
 def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
@@ -172,8 +177,11 @@ def evaluate_batch(models: Models, runs: list[AttackRun], x: torch.Tensor, y: to
     results, costs = {}, {}
     for run in runs:
         with measured(models.defended) as cost:
-            results[run.key] = run_attack(run, models, x, y, indices, seed, evaluate_classifier, on_step)
+            outputs = run_attack(run, models, x, y, indices, seed, on_step)
         costs[run.key] = cost.per_image(x.shape[0])
+        results[run.key] = {"defended": outputs["defended"]}
+        if evaluate_classifier:
+            results[run.key]["classifier"] = classifier_output(run, models, outputs, x, y, indices, seed)
     # network evaluations per attack are deterministic and sit in `attacks`; wall seconds sit apart (as written_at)
     seconds = {key: cost.pop("seconds") for key, cost in costs.items()}
     records = [dataclasses.replace(image_record(b, batch, seed, noise_seeds, y, indices, clean, results, costs),

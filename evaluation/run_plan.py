@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +49,22 @@ class AttackBudget:
 
 def config_budget(key: str, config: object) -> AttackBudget:
     """The budget of one attack config (PGD: iterations / eot_samples; APGD-type: one more gradient, at the start;
-    AutoAttack: n_iter / eot_iter; scoring: eval_samples at the end and at each score_at iteration; a cascade: the
+    AutoAttack: n_iter / eot_samples (its eot_iter resolved); scoring: eval_samples at the end and at each score_at iteration; a cascade: the
     sum of its stages)."""
     if getattr(config, "attacks", None):
         stages = tuple(config_budget(key, stage_config) for key, _, stage_config in stage_configs(config))
         return AttackBudget(key, sum(s.iterations for s in stages), 1, sum(s.scoring for s in stages), stages)
     iterations = getattr(config, "iterations", None) or getattr(config, "n_iter", None) or AUTOATTACK_ITERATIONS
-    eot = getattr(config, "eot_samples", None) or getattr(config, "eot_iter", None) or 1
+    eot = getattr(config, "eot_samples", 1)
     scored_points = 1 + len(getattr(config, "score_at", ()))  # the final point and each score_at snapshot
     return AttackBudget(key, int(iterations), int(eot), int(getattr(config, "eval_samples", 1)) * scored_points,
                         start=getattr(config, "start_gradients", 0))
+
+
+def common_eot(budget: AttackBudget) -> Optional[int]:
+    """EOT samples per gradient step of an attack; of a cascade, the one its stages share (None if they differ)."""
+    eots = {stage.eot for stage in budget.stages} if budget.stages else {budget.eot}
+    return eots.pop() if len(eots) == 1 else None
 
 
 def attack_budget(key: str, spec: AttackSpec) -> AttackBudget:
@@ -80,14 +87,25 @@ def attack_weights(budgets: list[AttackBudget], gradient_cost: float = 3.0) -> d
             SCORING_STAGE: 1.0 + sum(b.scoring for b in budgets)}
 
 
-def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], steps: int) -> str:
-    """One line: images, attacks with iterations x EOT, and the network passes this run computes."""
+def step_evaluations_per_gradient_pass(purifier_config: object) -> int:
+    """Score-network evaluations per solver step of one forward-backward pass: 2 when the backward evaluates every
+    step again (the checkpointed exact solver recomputes it, torchsde's adjoint integrates back), else 1."""
+    recomputed = getattr(purifier_config, "checkpoint", False) or getattr(purifier_config, "backend", None) == "torchsde"
+    return 2 if recomputed else 1
+
+
+def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], steps: int, per_gradient_step: int = 1
+                  ) -> str:
+    """One line: images, attacks with iterations x EOT, and the network passes this run computes (a forward-backward
+    pass evaluates each of the `steps` solver steps `per_gradient_step` times)."""
     gradient = sum(b.gradient_passes for b in budgets)
     forward = 1 + sum(b.scoring for b in budgets)
     attacks = "; ".join(b.text() for b in budgets) or "none"
+    recompute = " (backward evaluates each step again)" if per_gradient_step == 2 else ""
     return (f"run size: {n_images} images ({n_todo} to compute), {len(budgets)} attack(s): {attacks}; per image "
             f"{gradient} forward-backward + {forward} forward passes of the defended model, {steps} solver step(s) "
-            f"each, so {n_todo * (gradient + forward) * steps} score-network evaluations in all")
+            f"each{recompute}, so {n_todo * (per_gradient_step * gradient + forward) * steps} score-network "
+            f"evaluations in all")
 
 
 def seconds_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> tuple[float, float]:

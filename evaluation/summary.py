@@ -3,15 +3,17 @@ plus everything needed to reproduce it (resolved config, seeds, package versions
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from attacks.accounting import cost_summary, paper_projections
+from attacks.accounting import cost_summary, paper_projection
 from attacks.cascade import CascadeConfig, stage_configs
 from evaluation.evaluate import attack_keys
 from evaluation.experiment import AttackSpec, Experiment
 from evaluation.results import ImageRecord
+from evaluation.run_plan import attack_budget, common_eot, reverse_steps
 from attacks.registry import ATTACKS
 from runners.defended import gradient_statement
 from runners.gradient_path import STRAIGHT_THROUGH, TRANSFER
@@ -129,8 +131,49 @@ def attack_gradient(name: str, config: Any, purifier: dict[str, Any], target: st
     return STRAIGHT_THROUGH if ATTACKS.get(name).identity_backward else gradient_statement(purifier)
 
 
-def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo) -> dict[str, Any]:
-    """Everything summary.json holds, from the ordered per-image records of the whole subset."""
+def paper_projections(costs: dict[str, dict[str, float]], experiment: Experiment, keys: list[str]
+                      ) -> dict[str, Optional[float]]:
+    """{attack key: its score-network evaluations in the papers' setting (attacks.accounting.paper_projection), None
+    when its records lack the gradient / forward-only split or a cascade's stages differ in EOT} for runs of a
+    purifier with a time grid (t_star, dt)."""
+    purifier = experiment.purifier
+    if not hasattr(purifier, "dt") or not hasattr(purifier, "t_star"):
+        return {}
+    projections = {}
+    for key, spec in zip(keys, experiment.attacks):
+        eot = common_eot(attack_budget(key, spec))
+        if key in costs:
+            projections[key] = None if eot is None else paper_projection(costs[key], reverse_steps(purifier), eot)
+    return projections
+
+
+def audit_digest(audit: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's gradient audit (experiments.gradient_audit records) in brief: images audited, those whose exact
+    gradient matched finite differences, and the median cosine and norm ratio of the torchsde adjoint against it."""
+    digest: dict[str, Any] = {"n": len(audit), "fd_ok": sum(bool(r["exact_vs_fd"]["ok"]) for r in audit)}
+    adjoint = [r["adjoint_vs_exact"] for r in audit if "adjoint_vs_exact" in r]
+    if adjoint:
+        digest["adjoint_cosine"] = statistics.median(a["cosine"] for a in adjoint)
+        digest["adjoint_norm_ratio"] = statistics.median(a["norm_ratio"] for a in adjoint)
+    return digest
+
+
+def audit_lines(digest: Optional[dict[str, Any]]) -> list[str]:
+    """The run's own gradient audit in one sentence (none without an audit)."""
+    if not digest:
+        return []
+    text = (f"Gradient audit of this run ({digest['n']} images, gradient_audit.csv): the exact gradient matched "
+            f"central finite differences on {digest['fd_ok']} of {digest['n']}")
+    if "adjoint_cosine" in digest:
+        text += (f"; the torchsde adjoint against it: median cosine {digest['adjoint_cosine']:.2g}, "
+                 f"{digest['adjoint_norm_ratio']:.2g}x its norm (this model's figure at this dt)")
+    return [text + ".", ""]
+
+
+def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunInfo,
+                  audit: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """Everything summary.json holds, from the ordered per-image records of the whole subset and the run's gradient
+    audit records, if it has one."""
     resolved = experiment.to_dict()
     keys = attack_keys(experiment.attacks)
     models = MODELS if experiment.file.eval.evaluate_classifier else MODELS[:1]
@@ -145,6 +188,7 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "rows": row_origin(records, info.started_ns),
         "gradient": {key: attack_gradient(spec.name, spec.config, purifier, spec.target)
                      for key, spec in zip(keys, experiment.attacks)},
+        "gradient_audit": audit_digest(audit) if audit else None,
         "cost_per_image": cost_summary(records, keys),
         "cost_paper_projection": paper_projections(cost_summary(records, keys), experiment, keys),
         "purified_range": purified_range(records),
@@ -193,8 +237,10 @@ def cost_lines(summary: dict[str, Any]) -> list[str]:
     lines = [f"- {key}: {c['score_evals']:.0f} score-network and {c['classifier_evals']:.0f} classifier evaluations, "
              f"{c['seconds']:.2f} s per image" for key, c in costs.items()]
     projected = summary.get("cost_paper_projection") or {}
-    lines += [f"- {key} in the papers' setting (100 steps, EOT 20, 512 images): {total:.3g} score-network evaluations"
-              for key, total in projected.items()]
+    lines += [f"- {key} in the papers' setting (100 steps, EOT 20, 512 images, its own iterations): {total:.3g} "
+              "score-network evaluations" if total is not None else
+              f"- {key}: no projection to the papers' setting (its records predate the split of gradient and "
+              "forward-only evaluations, or its cascade's stages differ in EOT)" for key, total in projected.items()]
     return ["Cost (forward network evaluations, backward recomputation included):", *lines, ""] if lines else []
 
 
@@ -214,6 +260,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              "Sanity checks (AutoAttack's check functions as each attack runs them; each message once):",
              *flag_lines(summary), "",
              *gradient_lines(summary["gradient"]), "",
+             *audit_lines(summary.get("gradient_audit")),
              *cost_lines(summary),
              f"Purified clean images span [{span['min']:.4f}, {span['max']:.4f}]"
              f"{' (outside [0, 1])' if span['left_unit_interval'] else ''}; bare classifier clean accuracy "

@@ -79,6 +79,11 @@ class GuidedDiffusionBackbone(VPBackbone):
         self.timestep_scale = schedule.timestep_scale
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone(), persistent=False)
 
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped network: every score evaluation calls it once."""
+        return self.net
+
     def model_step(self, t: torch.Tensor) -> torch.Tensor:
         """Fractional 0-based discrete step s (float64, shape of t) with alpha_bar(s) = alpha(t)^2."""
         alpha_bar = torch.exp(2.0 * self.sde.log_mean_coeff(t.to(torch.float64)))

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-# adjoint vs exact input gradient on the Fashion-MNIST demo models, by dt: median (cosine, norm ratio) over the 4
-# images of docs/gradient_audit/coup_dt<dt> (experiments.gradient_audit; tests/test_gradient_audit.py checks them)
-ADJOINT_FIDELITY: dict[float, tuple[float, float]] = {0.01: (0.0213, 65.6), 0.002: (0.157, 7.62), 0.001: (0.478, 1.97)}
+# adjoint vs exact input gradient on the Fashion-MNIST demo models, by audited purifier (COUP for a guided purifier,
+# reverse-only for an unguided one) and dt: median (cosine, norm ratio) over the 4 images of
+# docs/gradient_audit/<purifier>_dt<dt> (experiments.gradient_audit; tests/test_summary.py checks them)
+ADJOINT_FIDELITY: dict[tuple[str, float], tuple[float, float]] = {
+    ("coup", 0.01): (0.0213, 65.6), ("coup", 0.002): (0.157, 7.62), ("coup", 0.001): (0.478, 1.97),
+    ("reverse_only", 0.01): (0.00919, 63.0), ("reverse_only", 0.002): (0.154, 7.11),
+    ("reverse_only", 0.001): (0.48, 1.96)}
 STRAIGHT_THROUGH = ("gradient: BPDA, the purifier's backward replaced by the identity (straight-through), not the "
                     "defense's gradient")
 TRANSFER = ("gradient: none of the defense's (transfer: crafted on the bare classifier, the purifier never "
@@ -23,13 +27,15 @@ GUIDANCE_PATHS: dict[str, str] = {
 GradientText = Callable[[dict[str, Any]], str]
 
 
-def adjoint_figure(dt: float) -> str:
-    """The audit's measured adjoint fidelity at dt, naming where it was measured, or how to measure it."""
-    if dt not in ADJOINT_FIDELITY:
-        return "not audited at this dt: run python -m experiments.gradient_audit"
-    cosine, ratio = ADJOINT_FIDELITY[dt]
+def adjoint_figure(dt: float, guided: bool) -> str:
+    """The audit's measured adjoint fidelity at dt for a guided (COUP) or unguided (reverse-only) purifier, naming
+    where it was measured, or how to measure it."""
+    audited = "coup" if guided else "reverse_only"
+    if (audited, dt) not in ADJOINT_FIDELITY:
+        return "not audited at this dt: run python -m experiments.gradient_audit (or eval_sde_adv.py --gradient_audit N)"
+    cosine, ratio = ADJOINT_FIDELITY[audited, dt]
     return (f"the gradient audit at this dt measured cosine {cosine:.2g} and {ratio:.2g}x the norm of the exact "
-            "gradient on the Fashion-MNIST demo models (median of 4 images, COUP), not on this model")
+            f"gradient on the Fashion-MNIST demo models (median of 4 images, {audited}), not on this model")
 
 
 def diffusion_gradient(purifier: dict[str, Any]) -> str:
@@ -40,7 +46,7 @@ def diffusion_gradient(purifier: dict[str, Any]) -> str:
     if purifier["backend"] == "exact":
         return f"gradient: exact (backprop through the discretised solver, dt {purifier['dt']}){guidance}"
     return (f"gradient: torchsde adjoint, APPROXIMATE (dt {purifier['dt']}){guidance}; "
-            f"{adjoint_figure(float(purifier['dt']))}")
+            f"{adjoint_figure(float(purifier['dt']), guided)}")
 
 
 def unrolled(what: str, **by_grad_mode: str) -> GradientText:

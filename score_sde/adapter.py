@@ -16,6 +16,11 @@ class ScoreSDEBackbone(VPBackbone):
         self.net = net
         self.time_scale = float(sde.num_scales - 1)
 
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped network: every score evaluation calls it once."""
+        return self.net
+
     def epsilon(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps(x_t, t) = net(x_t, 999 t); t broadcast to (B,)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

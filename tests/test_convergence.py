@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from attacks.accounting import measured, paper_projection
 from attacks.registry import attack_config
 from attacks.traces import decode_correct, encode_history
 from matplotlib.container import ErrorbarContainer
@@ -174,26 +172,6 @@ def test_traces_are_compact_and_decode():
     encoded = encode_history(history, 0)
     assert encoded == {"loss": [0.1235, None], "correct": "1-"}
     assert decode_correct("10-") == [True, False, None]
-
-
-def test_cost_counts_rows_through_backbone_and_classifier():
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.purifier = nn.Module()
-            self.purifier.backbone = nn.Identity()
-            self.classifier = nn.Identity()
-
-        def forward(self, x):
-            return self.classifier(self.purifier.backbone(self.purifier.backbone(x)))
-
-    model = Model()
-    with measured(model) as cost:
-        model(torch.zeros(3, 2))
-    assert (cost.score_rows, cost.classifier_rows) == (6, 3) and cost.seconds >= 0
-    model(torch.zeros(1, 2))
-    assert cost.score_rows == 6  # hooks removed after the block
-    assert math.isclose(paper_projection(40.0, n_steps=10, eot_samples=2), 40.0 * 10 * 10 * 512)
 
 
 def _scored(index: int, clean: bool, single: bool, worst: bool, worst_at_2: str) -> ImageRecord:

@@ -57,6 +57,9 @@ def test_the_gradient_statement_follows_the_purifier_kind_and_its_grad_mode():
     assert "cosine 0.48 and 2x the norm" in gradient_statement(COUP_ADJOINT)
     assert "not on this model" in gradient_statement(COUP_ADJOINT)
     assert "not audited at this dt" in gradient_statement({**COUP_ADJOINT, "dt": 0.005})
+    diffpure = {"name": "diffpure", "backend": "torchsde", "dt": 0.01, "grad_mode": "full"}
+    assert "cosine 0.0092 and 63x the norm" in gradient_statement(diffpure)  # the unguided (reverse-only) audit
+    assert "(median of 4 images, reverse_only)" in gradient_statement(diffpure)
     assert gradient_statement({"name": "diffpure_ddpm", "t_star": 0.5}) == \
         "gradient: exact (backprop through the DDPM ancestral chain from t* 0.5)"
     assert gradient_statement({"name": "lm", "steps": 5, "grad_mode": "bpda"}) == STRAIGHT_THROUGH
@@ -84,8 +87,9 @@ def test_the_attack_decides_when_it_bypasses_the_purifier_backward():
 
 
 def test_the_quoted_adjoint_fidelity_is_the_committed_audit():
-    for dt, (cosine, ratio) in ADJOINT_FIDELITY.items():
-        with open(REPO / f"docs/gradient_audit/coup_dt{dt:g}/gradient_audit.csv") as f:
+    assert {purifier for purifier, _ in ADJOINT_FIDELITY} == {"coup", "reverse_only"}
+    for (purifier, dt), (cosine, ratio) in ADJOINT_FIDELITY.items():
+        with open(REPO / f"docs/gradient_audit/{purifier}_dt{dt:g}/gradient_audit.csv") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 4
         assert f"{statistics.median(float(r['adjoint_vs_exact_cosine']) for r in rows):.3g}" == f"{cosine:.3g}"
