@@ -49,8 +49,8 @@ class AttackBudget:
 
 def config_budget(key: str, config: object) -> AttackBudget:
     """The budget of one attack config (PGD: iterations / eot_samples; APGD-type: one more gradient, at the start;
-    AutoAttack: n_iter / eot_samples (its eot_iter resolved); scoring: eval_samples at the end and at each score_at iteration; a cascade: the
-    sum of its stages)."""
+    AutoAttack: n_iter / eot_samples, its eot_iter resolved; scoring: eval_samples at the end and at each score_at
+    iteration; a cascade: the sum of its stages)."""
     if getattr(config, "attacks", None):
         stages = tuple(config_budget(key, stage_config) for key, _, stage_config in stage_configs(config))
         return AttackBudget(key, sum(s.iterations for s in stages), 1, sum(s.scoring for s in stages), stages)
@@ -90,7 +90,8 @@ def attack_weights(budgets: list[AttackBudget], gradient_cost: float = 3.0) -> d
 def step_evaluations_per_gradient_pass(purifier_config: object) -> int:
     """Score-network evaluations per solver step of one forward-backward pass: 2 when the backward evaluates every
     step again (the checkpointed exact solver recomputes it, torchsde's adjoint integrates back), else 1."""
-    recomputed = getattr(purifier_config, "checkpoint", False) or getattr(purifier_config, "backend", None) == "torchsde"
+    adjoint = getattr(purifier_config, "backend", None) == "torchsde"
+    recomputed = getattr(purifier_config, "checkpoint", False) or adjoint
     return 2 if recomputed else 1
 
 
