@@ -139,11 +139,11 @@ def paper_projections(costs: dict[str, dict[str, float]], experiment: Experiment
     purifier = experiment.purifier
     if not hasattr(purifier, "dt") or not hasattr(purifier, "t_star"):
         return {}
-    projections = {}
+    steps, projections = reverse_steps(purifier), {}
     for key, spec in zip(keys, experiment.attacks):
-        eot = common_eot(attack_budget(key, spec))
         if key in costs:
-            projections[key] = None if eot is None else paper_projection(costs[key], reverse_steps(purifier), eot)
+            eot = common_eot(attack_budget(key, spec))
+            projections[key] = None if eot is None else paper_projection(costs[key], steps, eot)
     return projections
 
 
@@ -178,6 +178,7 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
     keys = attack_keys(experiment.attacks)
     models = MODELS if experiment.file.eval.evaluate_classifier else MODELS[:1]
     purifier = resolved["purifier"]
+    costs = cost_summary(records, keys)
     return {
         "run": info.name, "config_file": info.config_file, "config_hash": info.config_hash, "n": len(records),
         "purifier": purifier["name"], "grad_mode": purifier.get("grad_mode"), "backend": purifier.get("backend"),
@@ -189,8 +190,8 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "gradient": {key: attack_gradient(spec.name, spec.config, purifier, spec.target)
                      for key, spec in zip(keys, experiment.attacks)},
         "gradient_audit": audit_digest(audit) if audit else None,
-        "cost_per_image": cost_summary(records, keys),
-        "cost_paper_projection": paper_projections(cost_summary(records, keys), experiment, keys),
+        "cost_per_image": costs,
+        "cost_paper_projection": paper_projections(costs, experiment, keys),
         "purified_range": purified_range(records),
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,

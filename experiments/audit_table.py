@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from experiments.common import base_parser, run_cli, start_cli
+from experiments.gradient_audit import AUDIT_FILE
 from utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = base_parser("audit_table", __doc__.split("\n")[0])
     parser.add_argument("--audits", type=Path, required=True, help="folder holding the audit folders")
     _, args, out = start_cli(parser, argv)
-    found = sorted(args.audits.glob("*/gradient_audit.json"))
+    found = sorted(args.audits.glob(f"*/{AUDIT_FILE}"))
     if not found:
-        raise FileNotFoundError(f"no */gradient_audit.json under {args.audits}: run python -m "
+        raise FileNotFoundError(f"no */{AUDIT_FILE} under {args.audits}: run python -m "
                                 "experiments.gradient_audit first")
     audits = [json.loads(path.read_text()) for path in found]
-    if len(fd_tolerances(audits)) > 1:
+    tolerances = fd_tolerances(audits)
+    if len(tolerances) > 1:
         raise ValueError(f"the audits under {args.audits} use different --fd-tolerance values "
-                         f"{fd_tolerances(audits)}: tabulate each tolerance from its own folder")
+                         f"{tolerances}: tabulate each tolerance from its own folder")
     table = markdown([audit_row(audit) for audit in audits])
     atomic_write_text(out / "audit_table.md", table)
     log.info("audit table of %d audit(s) -> %s\n%s", len(found), out / "audit_table.md", table)

@@ -98,7 +98,12 @@ def audit_loss(loss_fn: LossFn, x: torch.Tensor, n_random: int, seed: int,
                tolerance: float, steps: Sequence[float] = STEPS) -> dict[str, Any]:
     """Finite-difference audit of the gradient of a deterministic scalar loss at x: along g and n_random directions
     drawn from a generator seeded with `seed`."""
-    grad = input_gradient(loss_fn, x)
+    return audit_gradient(loss_fn, x, input_gradient(loss_fn, x), n_random, seed, tolerance, steps)
+
+
+def audit_gradient(loss_fn: LossFn, x: torch.Tensor, grad: torch.Tensor, n_random: int, seed: int,
+                   tolerance: float, steps: Sequence[float] = STEPS) -> dict[str, Any]:
+    """audit_loss with the gradient grad (shape of x) already computed by input_gradient(loss_fn, x)."""
     gen = torch.Generator().manual_seed(seed)
     directions = {"gradient": grad} | {f"random_{i}": torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
                                        for i in range(n_random)}
@@ -128,11 +133,11 @@ def audit_image(model: DefendedClassifier, x: torch.Tensor, y: torch.Tensor, ind
     exact = twin(model, backend="exact") if diffusion else model
     loss_fn = ce_loss(exact, y, seeds)
     direction_seed = int(derive_seeds(seed, index, SeedStage.AUDIT, DIRECTIONS_DRAW))
+    grad = input_gradient(loss_fn, x)
     record: dict[str, Any] = {"index": index,
-                              "exact_vs_fd": audit_loss(loss_fn, x, n_random, direction_seed, tolerance)}
+                              "exact_vs_fd": audit_gradient(loss_fn, x, grad, n_random, direction_seed, tolerance)}
     if not diffusion:
         return record
-    grad = input_gradient(loss_fn, x)
     adjoint = input_gradient(ce_loss(twin(model, backend="torchsde"), y, seeds), x)
     record["adjoint_vs_exact"] = cosine_and_ratio(adjoint, grad)
     other = derive_seeds(seed, torch.tensor([index]), SeedStage.AUDIT, 1)
