@@ -35,8 +35,8 @@ from utils.paths import output_folder
 from utils.precision import numerics
 from utils.progress import DEFAULT_INTERVAL, Progress
 from evaluation.reuse import clear_run, reuse_text, row_origin
-from evaluation.run_plan import (AttackBudget, attack_budget, attack_weights, describe_size, estimate_line, reverse_steps,
-                                 seconds_per_image, step_evaluations_per_gradient_pass)
+from evaluation.run_plan import (AttackBudget, attack_budget, attack_weights, describe_size, estimate_line,
+                                 evaluations_per_pass, seconds_per_image)
 from evaluation.evaluate import (AttackRun, Batch, Models, attack_runs, attack_seed, clean_noise_seeds, evaluate_batch,
                                  example_images, make_models, pending_batches, plan_batches)
 from evaluation.experiment import Experiment, load_experiment, load_prerequisites
@@ -161,8 +161,7 @@ def plan_run(models: Models, runs: list[AttackRun], images: ImageSet, todo: list
     """Log the run's size and a time estimate from timing (up to TIMING_IMAGES of) the first pending batch."""
     budgets = [attack_budget(run.key, run.spec) for run in runs]
     n_todo = sum(b.stop - b.start for b in todo)
-    log.info("%s", describe_size(len(images.indices), n_todo, budgets, reverse_steps(experiment.purifier),
-                                 step_evaluations_per_gradient_pass(experiment.purifier)))
+    log.info("%s", describe_size(len(images.indices), n_todo, budgets, evaluations_per_pass(experiment.purifier)))
     if todo:
         part = slice(todo[0].start, min(todo[0].stop, todo[0].start + TIMING_IMAGES))
         x, y = images.x[part].to(device), images.y[part].to(device)

@@ -15,8 +15,7 @@ from classifiers.surrogate import smooth_surrogate
 from evaluation.evaluate import Batch, attack_runs, evaluate_batch, make_models
 from evaluation.experiment import build_models, load_experiment
 from evaluation.summary import cost_lines
-from evaluation.run_plan import (common_eot, config_budget, describe_size, reverse_steps,
-                                 step_evaluations_per_gradient_pass)
+from evaluation.run_plan import common_eot, config_budget, describe_size, evaluations_per_pass, reverse_steps
 from runners.defended import DefendedClassifier
 from runners.purifiers import DiffusionPurifier
 from utils.data import load_images
@@ -58,25 +57,22 @@ def test_cost_counts_rows_through_backbone_and_classifier_once_each():
 @pytest.mark.parametrize("backend", ["exact", "torchsde"])
 def test_cost_of_pgd_eot_is_the_planned_gradient_passes_and_the_scoring_forwards(backend):
     """Forward-only rows are exactly the scoring forwards, also under torchsde's adjoint, whose forward solve runs
-    with autograd off inside the defended model's call; the exact solver's gradient rows are the run plan's."""
+    with autograd off inside the defended model's call; the gradient rows and the run size are the run plan's."""
     experiment, models, x, y, indices = tiny_run(backend, [PGD])
     run = attack_runs(experiment)[0]
-    steps = reverse_steps(experiment.purifier)
+    per_forward, per_gradient = evaluations_per_pass(experiment.purifier)
     with measured(models.defended) as one, torch.no_grad():
         models.defended(x)
     with measured(models.defended) as cost:
         run.attack.run(models.defended, x, y, indices, seed=5)
-    n = x.shape[0]
-    assert one.score_rows_gradient == 0 and one.score_rows >= steps * n  # torchsde evaluates once more per solve
+    n, steps = x.shape[0], reverse_steps(experiment.purifier)
+    assert one.score_rows_gradient == 0 and one.score_rows == per_forward * n
+    assert per_forward == steps + (backend == "torchsde") and per_gradient == 2 * steps + (backend == "torchsde")
     assert cost.score_rows - cost.score_rows_gradient == PGD["eval_samples"] * one.score_rows
     planned = config_budget(run.key, run.spec.config).gradient_passes * n
-    if backend == "torchsde":
-        assert cost.score_rows_gradient >= 2 * steps * planned
-        return
-    per_step = step_evaluations_per_gradient_pass(experiment.purifier)
-    assert per_step == 2 and cost.score_rows_gradient == per_step * steps * planned
-    clean_forward = steps * n  # the run's size also counts each image's clean purification
-    size = describe_size(n, n, [config_budget(run.key, run.spec.config)], steps, per_step)
+    assert cost.score_rows_gradient == per_gradient * planned
+    clean_forward = per_forward * n  # the run's size also counts each image's clean purification
+    size = describe_size(n, n, [config_budget(run.key, run.spec.config)], (per_forward, per_gradient))
     assert size.endswith(f"so {cost.score_rows + clean_forward} score-network evaluations in all")
 
 
