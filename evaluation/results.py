@@ -249,13 +249,25 @@ def iter_lines(path: Path) -> Iterator[ImageRecord]:
 
 
 def read_records(run_dir: Path) -> dict[int, ImageRecord]:
-    """{dataset index: its last written record} over every results*.jsonl file in run_dir."""
-    latest: dict[int, ImageRecord] = {}
+    """{dataset index: its last written record} over every results*.jsonl file in run_dir. An image recorded twice
+    with different results (beyond wall time; a batch recomputed after a change of batch size gives equal ones) is
+    logged as a warning naming both files."""
+    latest: dict[int, tuple[ImageRecord, Path]] = {}
     for path in sorted(Path(run_dir).glob(RESULTS_GLOB)):
         for record in iter_lines(path):
-            if record.index not in latest or record.written_at >= latest[record.index].written_at:
-                latest[record.index] = record
-    return latest
+            earlier, earlier_path = latest.get(record.index, (None, path))
+            if earlier is not None and _result(earlier) != _result(record):
+                kept = path if record.written_at >= earlier.written_at else earlier_path
+                log.warning("dataset index %d has two different records, in %s and %s; using the later one (%s)",
+                            record.index, earlier_path, path, kept)
+            if earlier is None or record.written_at >= earlier.written_at:
+                latest[record.index] = record, path
+    return {index: record for index, (record, _) in latest.items()}
+
+
+def _result(record: ImageRecord) -> ImageRecord:
+    """The record without its wall-time fields (written_at, seconds), which differ between two computations."""
+    return dataclasses.replace(record, written_at=0, seconds={})
 
 
 def ordered_records(records: dict[int, ImageRecord], indices: list[int]) -> list[ImageRecord]:

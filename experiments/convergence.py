@@ -2,12 +2,14 @@
 
     python -m experiments.convergence --runs docs/converged --out docs/converged
 
-table.md (the README's table), table.csv, checkpoints.csv and convergence.png. Per defense: clean accuracy, the robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the
-stages), with 95 % Wilson intervals over the images finished so far; the convergence check (the cascade's
-worst-case outcome per image with every APGD-type stage stopped at half its budget against the full budget: at
-most one image may change); and a figure against iterations for each attack and defense of the images not yet fooled (an image counts
-as fooled from the first iteration at which any of its EOT samples misclassified it, cumulative over the cascade;
-images a stage without a trace, PGD-EOT, broke count as fooled from the start of the next stage).
+table.md (the README's table), table.csv, checkpoints.csv and convergence.png. Per defense: clean accuracy, the
+robust accuracy after each cascade stage (worst-of-N scoring, cumulative over the stages), with 95 % Wilson intervals
+over the images finished so far; the convergence check (the cascade's worst-case outcome per image with every
+APGD-type stage stopped at each doubling of its scored iterations, 25 -> 50 and 50 -> 100: converged when the last
+changes at most one image); and a figure against iterations for each attack and defense of the images not yet
+fooled (an image counts as fooled from the first iteration at which any EOT sample of an APGD-type stage
+misclassified it, cumulative over the cascade; PGD-EOT stores no trace, so the images it broke worst-of-N count as
+fooled from the start of the next stage and its other draws are not seen).
 """
 from __future__ import annotations
 
@@ -114,47 +116,56 @@ def checkpoint_counts(records: list[ImageRecord]) -> list[dict[str, Any]]:
 
 
 class Doubling(NamedTuple):
-    """The doubling check of a run at cascade level: the worst-of-N robust count with every scored stage stopped at
-    half its last scored iteration t and at t, and the images whose outcome differs (flips both ways count)."""
+    """One doubling of the cascade-level check: the worst-of-N robust count with every scored stage stopped at t / 2d
+    and at t / d (t its last scored iteration), and the images whose outcome differs (flips both ways count)."""
 
-    spans: str  # the doublings checked, '50 -> 100'
+    spans: str  # the doubling, '50 -> 100'
     robust_half: int
     robust_full: int
     flips: int
-    final: bool  # every scored stage that ran was scored at t / 2 and t, with t its iteration budget
+    final: bool  # d = 1, and every scored stage that ran was scored at t / 2 and t, with t its iteration budget
 
 
-def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> Optional[Doubling]:
-    """The cascade's doubling check, or None if no stage was scored before its end. At t / 2 an image counts robust
-    if no untraced stage broke it and every scored stage it ran had it correct at t / 2 (an upper bound of a cascade
-    run at t / 2: later stages were not run on the images a stage broke only after t / 2)."""
+def _robust_at(record: ImageRecord, image: dict[str, dict[int, bool]], divisor: int) -> bool:
+    """The image's worst-of-N outcome with every scored stage stopped at t / divisor (a stage not scored there
+    counts at t); divisor 1 is the cascade's own outcome. Above 1 an upper bound of a cascade run at that budget:
+    later stages were not run on the images a stage broke only after it."""
+    broken_by = _broken_by(record)
+    if divisor == 1:
+        return broken_by is None
+    ok = broken_by is None or broken_by in image
+    return ok and all(scores.get(max(scores) // divisor, scores[max(scores)]) for scores in image.values())
+
+
+def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> list[Doubling]:
+    """Every doubling of the scored iterations, ending at the last (score_at [25, 50, 100]: 25 -> 50, 50 -> 100);
+    [] if no stage was scored before its end."""
     per_image = [stage_scores(r) for r in records]
-    if not any(len(scores) > 1 for image in per_image for scores in image.values()):
-        return None
-    spans: dict[str, None] = {}
-    final, flips, robust_half, robust_full = True, 0, 0, 0
-    for record, image in zip(records, per_image):
-        broken_by = _broken_by(record)
-        half_ok = broken_by is None or broken_by in image
-        for stage, scores in image.items():
-            t = max(scores)
-            final &= t // 2 in scores and t == iterations.get(stage, t)
-            spans[f"{t // 2} -> {t}"] = None
-            half_ok &= scores.get(t // 2, scores[t])
-        robust_half += half_ok
-        robust_full += broken_by is None
-        flips += half_ok != (broken_by is None)
-    return Doubling(", ".join(sorted(spans, key=lambda span: int(span.split()[0]))), robust_half, robust_full,
-                    flips, final)
+    divisors = sorted({max(scores) // t for image in per_image for scores in image.values() for t in scores
+                       if max(scores) % t == 0 and (max(scores) // t).bit_count() == 1} - {1}, reverse=True)
+    checks = []
+    for divisor in divisors:
+        half, full = divisor, divisor // 2
+        spans = {f"{max(s) // half} -> {max(s) // full}": None for image in per_image for s in image.values()
+                 if max(s) // half in s}
+        final = full == 1 and all(max(s) // 2 in s and max(s) == iterations.get(stage, max(s))
+                                  for image in per_image for stage, s in image.items())
+        outcomes = [(_robust_at(r, image, half), _robust_at(r, image, full)) for r, image in zip(records, per_image)]
+        checks.append(Doubling(", ".join(sorted(spans, key=lambda span: int(span.split()[0]))),
+                               sum(a for a, _ in outcomes), sum(b for _, b in outcomes),
+                               sum(a != b for a, b in outcomes), final))
+    return checks
 
 
-def doubling_cell(check: Optional[Doubling]) -> str:
-    """The table's doubling check: the images that change, the robust counts, the doublings checked and the
-    verdict (converged only when at most one image changes and every stage was checked at its final budget)."""
-    if check is None:
+def doubling_cell(checks: list[Doubling]) -> str:
+    """The table's doubling check: per doubling the images that change and the robust counts, then the verdict of
+    the last (converged only when at most one image changes and every stage was checked at its final budget)."""
+    if not checks:
         return "-"
-    verdict = "NOT converged" if check.flips > 1 else "converged" if check.final else "not checked at the final budget"
-    return f"{check.flips} ({check.robust_half} -> {check.robust_full} robust) at {check.spans} ({verdict})"
+    last = checks[-1]
+    verdict = "NOT converged" if last.flips > 1 else "converged" if last.final else "not checked at the final budget"
+    return "; ".join(f"{c.flips} ({c.robust_half} -> {c.robust_full} robust) at {c.spans}" for c in checks) + \
+        f" ({verdict})"
 
 
 def markdown_table(runs: dict[str, Run]) -> str:
@@ -164,7 +175,7 @@ def markdown_table(runs: dict[str, Run]) -> str:
     scores = {run.score for run in runs.values()}
     shared_score = next(iter(scores)) if len(scores) == 1 else None
     robust_header = f"robust, {shared_score} (%)" if shared_score else "robust (%), scoring per row"
-    lines = [f"| defense | n | clean (%) | {robust_header} [95 % CI] | broken by " + " / ".join(stages)
+    lines = [f"| defense | n | clean (%) | {robust_header} [95 % Wilson CI] | broken by " + " / ".join(stages)
              + " | doubling t/2 -> t: images that change (robust at t/2 -> t) | score-network evals / image "
              "| s / image |",
              "|---|---:|---|---|---|---|---:|---:|"]
@@ -192,8 +203,8 @@ def markdown_table(runs: dict[str, Run]) -> str:
 
 def curves(records: list[ImageRecord]) -> dict[str, np.ndarray]:
     """{stage: (T + 1,) fraction of all images not yet fooled at each iteration}, fooled = some EOT sample wrong
-    at some iteration so far, in this stage or an earlier one (images broken before the stage stay broken, also by a
-    stage without a trace)."""
+    at some iteration so far, in this stage or an earlier traced one (images broken before the stage stay broken;
+    of a stage without a trace only its worst-of-N outcome is known)."""
     out: dict[str, np.ndarray] = {}
     n = len(records)
     alive = np.ones(n, dtype=bool)
@@ -243,7 +254,8 @@ def figure(runs: dict[str, Run]) -> plt.Figure:
             ax.get_legend().remove()
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=5, fontsize=8,
-                   title="line: not yet fooled on any EOT sample; o: worst of N with its 95 % CI", title_fontsize=8)
+                   title="line: not yet fooled on any EOT sample of a traced stage (untraced: worst of N); "
+                         "o: worst of N with its 95 % CI", title_fontsize=8)
         fig.subplots_adjust(bottom=0.32, wspace=0.3)
     return fig
 

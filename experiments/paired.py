@@ -22,7 +22,7 @@ from evaluation.experiment import AttackSpec
 from evaluation.labels import purifier_label
 from evaluation.report import RULE_NAMES
 from evaluation.results import CONFIG_FILE, ImageRecord, read_records
-from experiments.common import base_parser, run_cli, run_metadata, start_cli, wilson_row, write_csv
+from experiments.common import base_parser, logger, run_cli, run_metadata, start_cli, wilson_row, write_csv
 from utils.config import require
 from utils.files import atomic_write_text
 
@@ -129,16 +129,21 @@ def same_scoring(configs: tuple[dict[str, Any], dict[str, Any]], pairs: list[tup
 
 def seed_note(a: dict[int, ImageRecord], b: dict[int, ImageRecord], same_attack: bool) -> str:
     """What the pairing shares, from the per-image seeds: the clean purification noise, and the attacks' seeds when
-    both sides ran the same attack (`same_attack`); also how many images each run has."""
+    both sides ran the same attack (`same_attack`); also how many images each run has. Seeds that differ or are not
+    recorded are also logged as a warning."""
     common = common_images(a, b)
-    same = {kind: all(a[i].seeds.get(kind) == b[i].seeds.get(kind) for i in common) for kind in ("clean_noise", "attack")}
+    same = {kind: all(a[i].seeds.get(kind) is not None and a[i].seeds.get(kind) == b[i].seeds.get(kind)
+                      for i in common) for kind in ("clean_noise", "attack")}
     sizes = f"A has {len(a)} images, B {len(b)}; the table pairs the {len(common)} both have."
     if same["clean_noise"] and same["attack"] and same_attack:
         return f"{sizes} Same clean-noise and attack seeds on every image."
     if same["clean_noise"]:
         return (f"{sizes} Same clean-noise seeds on every image (the clean column uses the same draws); the attacks "
                 "differ, so their noise draws do not correspond.")
-    return f"{sizes} The clean-noise seeds differ (another eval seed or dataset order): images are paired, draws are not."
+    differ = ("The clean-noise seeds differ or are not recorded (another eval seed, dataset order or older records): "
+              "images are paired, draws are not.")
+    logger.warning("%s", differ)
+    return f"{sizes} {differ}"
 
 
 def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str, note: str = "") -> str:

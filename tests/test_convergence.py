@@ -72,13 +72,13 @@ def test_doubling_check_and_markdown_table():
                _cascade_record(2, TRACED, {25: "1", 50: "0", 100: "0"}, 30.0, 3.0),
                _cascade_record(3, None, {25: "1", 50: "1", 100: "1"}, 40.0, 6.0)]
     budgets = {UNTRACED: 10, TRACED: 100}
-    assert doubling_check(records, budgets) == Doubling("50 -> 100", 2, 1, 1, True)
-    assert doubling_check(records[:1], budgets) is None
+    assert doubling_check(records, budgets) == [Doubling("25 -> 50", 3, 2, 1, False), Doubling("50 -> 100", 2, 1, 1, True)]
+    assert doubling_check(records[:1], budgets) == []
     text = markdown_table({"coup": Run(COUP, CASCADE, records)})
     row = text.splitlines()[2]
-    assert row == ("| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 (2 -> 1 robust) at 50 -> 100 "
-                   "(converged) | 25 | 3 |")
-    assert text.splitlines()[0].startswith("| defense | n | clean (%) | robust, worst of 10 (%) [95 % CI] | broken by "
+    assert row == ("| coup | 4 | 75.0 (3/4) | 25.0 (1/4) [4.6, 69.9] | 1 / 2 | 1 (3 -> 2 robust) at 25 -> 50; "
+                   "1 (2 -> 1 robust) at 50 -> 100 (converged) | 25 | 3 |")
+    assert text.splitlines()[0].startswith("| defense | n | clean (%) | robust, worst of 10 (%) [95 % Wilson CI] | broken by "
                                            "pgd_eot / apgd_eot_ce |")
     assert "- broken by pgd_eot includes the images the defense gets wrong without any attack" in text
     assert "- coup: gradient: exact (backprop through the discretised solver, dt 0.01), guidance term" in text
@@ -92,7 +92,7 @@ def test_doubling_check_counts_flips_both_ways_and_over_the_whole_cascade():
     change one image (each stage alone would pass)."""
     opposite = [_cascade_record(0, TRACED, {50: "1", 100: "0"}, 1.0, 1.0),
                 _cascade_record(1, None, {50: "0", 100: "1"}, 1.0, 1.0)]
-    assert doubling_check(opposite, {TRACED: 100}) == Doubling("50 -> 100", 1, 1, 2, True)
+    assert doubling_check(opposite, {TRACED: 100}) == [Doubling("50 -> 100", 1, 1, 2, True)]
     assert "| 2 (1 -> 1 robust) at 50 -> 100 (NOT converged) |" in markdown_table({"coup": Run(COUP, CASCADE, opposite)})
     second = "apgd_eot_dlr"
     two_stages = [_cascade_record(0, TRACED, {50: "1", 100: "0"}, 1.0, 1.0),
@@ -100,7 +100,7 @@ def test_doubling_check_counts_flips_both_ways_and_over_the_whole_cascade():
                   _cascade_record(2, None, {50: "1", 100: "1"}, 1.0, 1.0)]
     two_stages[1].attacks["cascade"]["history"].update({f"{second}.worst_correct_at_50": "1",
                                                        f"{second}.worst_correct_at_100": "0"})
-    assert doubling_check(two_stages, {TRACED: 100, second: 100}) == Doubling("50 -> 100", 3, 1, 2, True)
+    assert doubling_check(two_stages, {TRACED: 100, second: 100}) == [Doubling("50 -> 100", 3, 1, 2, True)]
 
 
 def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_per_row():
@@ -109,7 +109,7 @@ def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_p
     vote = attack_config("cascade", {"attacks": [dict(s, eval_samples=4) for s in STAGES], "survivor_rule": "vote"})
     text = markdown_table({"coup": Run(COUP, CASCADE, early), "none": Run({"name": "none"}, vote, early)})
     assert "| 0 (2 -> 2 robust) at 25 -> 50 (not checked at the final budget) |" in text
-    assert "robust (%), scoring per row [95 % CI]" in text.splitlines()[0]
+    assert "robust (%), scoring per row [95 % Wilson CI]" in text.splitlines()[0]
     assert "| 100.0 (2/2, worst of 10) [" in text and "| 100.0 (2/2, vote of 4) [" in text
 
 
@@ -201,7 +201,7 @@ def test_paired_comparison_counts_discordant_images_and_runs_the_sign_test():
         compare(a, renamed, ("apgd_eot", "apgd_eot"))
 
 
-def test_paired_note_says_what_the_pairing_shares_and_how_many_images():
+def test_paired_note_says_what_the_pairing_shares_and_how_many_images(caplog):
     a = {i: dataclasses.replace(_scored(i, True, True, True, "1"), seeds={"clean_noise": i, "attack": 5})
          for i in range(3)}
     b = {i: dataclasses.replace(r, seeds={"clean_noise": i, "attack": 5}) for i, r in a.items() if i < 2}
@@ -209,8 +209,11 @@ def test_paired_note_says_what_the_pairing_shares_and_how_many_images():
                                      "attack seeds on every image.")
     assert "Same clean-noise seeds on every image" in seed_note(a, b, False)
     other = {i: dataclasses.replace(r, seeds={"clean_noise": 7, "attack": 5}) for i, r in b.items()}
-    assert seed_note(a, other, True).endswith("The clean-noise seeds differ (another eval seed or dataset order): "
-                                              "images are paired, draws are not.")
+    differ = ("The clean-noise seeds differ or are not recorded (another eval seed, dataset order or older records): "
+              "images are paired, draws are not.")
+    assert seed_note(a, other, True).endswith(differ) and differ in caplog.text
+    unrecorded = {i: dataclasses.replace(r, seeds={}) for i, r in a.items()}
+    assert seed_note(unrecorded, unrecorded, True).endswith(differ)
 
 
 def test_paired_comparison_refuses_other_data_and_other_k():

@@ -314,6 +314,16 @@ def test_torn_lines_are_cut_and_the_last_record_wins(tmp_path):
     assert {i: r.label for i, r in read_records(tmp_path).items()} == {1: 5, 2: 0}
 
 
+def test_an_image_recorded_twice_with_different_results_is_reported(tmp_path, caplog):
+    """Equal records of one image in two files (a recomputed batch) pass silently; different ones are logged."""
+    ResultWriter(tmp_path / "results.rank0.jsonl").append([record(1, 0), dataclasses.replace(record(2, 0), seconds={"a": 1.0})])
+    ResultWriter(tmp_path / "results.rank1.jsonl").append([dataclasses.replace(record(2, 0), seconds={"a": 2.0})])
+    assert set(read_records(tmp_path)) == {1, 2} and "two different records" not in caplog.text
+    ResultWriter(tmp_path / "results.rank1.jsonl").append([record(1, 7)])
+    assert read_records(tmp_path)[1].label == 7
+    assert "dataset index 1 has two different records" in caplog.text and "results.rank1.jsonl" in caplog.text
+
+
 def test_autoattack_budget_fields_reach_pyautoattack():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     adversary = AutoAttackEval({"version": "rand", "n_iter": 3, "n_queries": 7, "eot_iter": 2}).adversary(
