@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.pgd import PGDEOT, AscentGradient, PGDEOTConfig
+from attacks.pgd import PGDEOT, AscentGradient, EotPoint, PGDEOTConfig
 from runners.aid import AIDDiscriminator, AIDPurifier
 from utils.config import require
 
@@ -61,8 +61,11 @@ class PGDAIDJoint(PGDEOT):
         """grad_x [CE(f(P(x)), y) + lambda log D(x)]: PGDEOT's EOT CE gradient plus the discriminator's term."""
         discriminator, ce_gradient = aid_discriminator(model), super().ascent_gradient(model)
         weight = self.config.joint_weight
-        return lambda x_adv, y, noise_seeds: (ce_gradient(x_adv, y, noise_seeds)
-                                              + weight * log_clean_gradient(discriminator, x_adv))
+        def joint(x_adv: torch.Tensor, y: torch.Tensor, noise_seeds: torch.Tensor) -> EotPoint:
+            point = ce_gradient(x_adv, y, noise_seeds)  # its loss trace stays the CE
+            return point._replace(grad=point.grad + weight * log_clean_gradient(discriminator, x_adv))
+
+        return joint
 
 
 __all__ = ["PGDAIDJoint", "PGDAIDJointConfig", "aid_discriminator", "log_clean_gradient"]

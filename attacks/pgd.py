@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,28 @@ from attacks.threat import ThreatConfig
 from utils.config import from_dict, require
 from utils.seeds import SeedStage, derive_seeds, per_row
 
-# (x_adv (B, C, H, W), y (B,), noise seeds (K * B,)) -> the gradient a PGD step ascends (B, C, H, W)
-AscentGradient = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class EotPoint(NamedTuple):
+    """At one iterate: the gradient a PGD step ascends (B, C, H, W), the EOT-mean CE loss (B,) and whether every
+    EOT sample classified the image correctly (B,) bool."""
+
+    grad: torch.Tensor
+    loss: torch.Tensor
+    correct: torch.Tensor
+
+
+class Perturbed(NamedTuple):
+    """PGD's result: x_adv (B, C, H, W), the first step's zero-gradient flag, and the per-image traces
+    {'loss', 'correct'} (B, T) at the T iterates whose gradient was taken (0 .. T - 1; the last is scored apart)."""
+
+    x_adv: torch.Tensor
+    zero_gradient_flag: Optional[str]
+    history: dict[str, torch.Tensor]
+
+
+# (x_adv (B, C, H, W), y (B,), noise seeds (K * B,)) -> the gradient a PGD step ascends, with loss and correctness
+AscentGradient = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], EotPoint]
 # the step size 0.007 at Linf eps 8/255 as a fraction of eps, used for any norm and eps by default
 STEP_FRACTION = 0.007 / (8.0 / 255.0)
 
@@ -103,18 +123,19 @@ class L2Ball:
 BALLS: dict[str, type] = {"Linf": LinfBall, "L2": L2Ball}
 
 
-def eot_gradient(forward: LogitsFn, x: torch.Tensor, y: torch.Tensor, samples: int,
-                 noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
-    """grad_x of sum_b (1/K) sum_k CE(forward(x; xi_k)_b, y_b) for x (B, C, H, W); the K samples are ONE call.
-
-    x is repeated K times along the batch (row k * B + b is image b, sample k) with noise_seeds (K * B,).
-    """
+def eot_point(forward: LogitsFn, x: torch.Tensor, y: torch.Tensor, samples: int,
+              noise_seeds: Optional[torch.Tensor]) -> EotPoint:
+    """grad_x of sum_b (1/K) sum_k CE(forward(x; xi_k)_b, y_b) for x (B, C, H, W), with each image's mean CE and
+    all-samples-correct; the K samples are ONE call: x repeated K times along the batch (row k * B + b is image b,
+    sample k) with noise_seeds (K * B,)."""
+    b = x.shape[0]
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         logits = forward(x_in.repeat(samples, *([1] * (x.dim() - 1))), noise_seeds)
-        loss = F.cross_entropy(logits, y.repeat(samples), reduction="sum") / samples
-        (grad,) = torch.autograd.grad(loss, x_in)
-    return grad
+        rows = F.cross_entropy(logits, y.repeat(samples), reduction="none")
+        (grad,) = torch.autograd.grad(rows.sum() / samples, x_in)
+    correct = (logits.detach().argmax(dim=-1) == y.repeat(samples)).view(samples, b).all(dim=0)
+    return EotPoint(grad, rows.detach().view(samples, b).mean(dim=0), correct)
 
 
 def straight_through(model: nn.Module) -> LogitsFn:
@@ -157,9 +178,9 @@ class PGDEOT:
         return (x + delta).clamp(0.0, 1.0)
 
     def ascent_gradient(self, model: nn.Module) -> AscentGradient:
-        """(x_adv, y, noise seeds (K * B,)) -> the direction each step ascends: the EOT CE gradient."""
+        """(x_adv, y, noise seeds (K * B,)) -> the direction each step ascends, the EOT CE gradient, at an EotPoint."""
         forward, samples = self.gradient_forward(model), self.config.eot_samples
-        return lambda x_adv, y, noise_seeds: eot_gradient(forward, x_adv, y, samples, noise_seeds)
+        return lambda x_adv, y, noise_seeds: eot_point(forward, x_adv, y, samples, noise_seeds)
 
     def projected_step(self, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """x + P(x_adv + alpha s(grad) - x), clipped to [0, 1] and detached (B, C, H, W); P projects on the eps ball."""
@@ -168,21 +189,25 @@ class PGDEOT:
         return (x + delta).clamp(0.0, 1.0).detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                seed: int, callback: Optional[IterationCallback] = None) -> tuple[torch.Tensor, Optional[str]]:
-        """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, and the zero-gradient flag of the first step."""
+                seed: int, callback: Optional[IterationCallback] = None) -> Perturbed:
+        """Adversarial x (B, C, H, W) in [0, 1] within the eps ball, the zero-gradient flag of the first step and the
+        loss / correctness traces of the iterates."""
         config = self.config
         gradient = self.ascent_gradient(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
-        zero_gradient_flag = None
+        zero_gradient_flag, losses, corrects = None, [], []
         for step in range(config.iterations):
             noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
-            grad = gradient(x_adv, y, noise_seeds)
+            point = gradient(x_adv, y, noise_seeds)
             if step == 0 and config.sanity_checks:
-                zero_gradient_flag = check_zero_gradients(grad)
-            x_adv = self.projected_step(x, x_adv, grad)
+                zero_gradient_flag = check_zero_gradients(point.grad)
+            losses.append(point.loss)
+            corrects.append(point.correct)
+            x_adv = self.projected_step(x, x_adv, point.grad)
             if callback is not None:
                 callback(step + 1, config.iterations)
-        return x_adv, zero_gradient_flag
+        history = {"loss": torch.stack(losses, dim=1), "correct": torch.stack(corrects, dim=1)}
+        return Perturbed(x_adv, zero_gradient_flag, history)
 
     def explain_flags(self, flags: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
         """AutoAttack's warnings that are expected for an EOT attack, replaced by what they mean for it; others kept."""
@@ -195,11 +220,11 @@ class PGDEOT:
         """Attack one batch x (B, C, H, W) in [0, 1], labels y (B,), dataset indices (B,); callback(i, n) per step."""
         check_attack_inputs(x, y, indices)
         flags = self.explain_flags(run_sanity_checks(model, x, y)) if self.config.sanity_checks else {}
-        x_adv, zero_gradient_flag = self.perturb(model, x, y, indices, seed, callback)
+        x_adv, zero_gradient_flag, history = self.perturb(model, x, y, indices, seed, callback)
         predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
         if self.config.sanity_checks:
             flags["check_zero_gradients"] = zero_gradient_flag
-        return AttackOutput(x_adv, predictions, correct, flags)
+        return AttackOutput(x_adv, predictions, correct, flags, history)
 
 
 class BPDAEOT(PGDEOT):
@@ -215,4 +240,5 @@ class BPDAEOT(PGDEOT):
 
 
 
-__all__ = ["AscentGradient", "BPDAEOT", "BPDAEOTConfig", "PGDEOT", "PGDEOTConfig", "eot_gradient", "straight_through"]
+__all__ = ["AscentGradient", "BPDAEOT", "BPDAEOTConfig", "EotPoint", "PGDEOT", "PGDEOTConfig", "Perturbed", "eot_point",
+           "straight_through"]

@@ -8,8 +8,9 @@ over the images finished so far; the convergence check (the cascade's worst-case
 APGD-type stage stopped at each doubling of its scored iterations, 25 -> 50 and 50 -> 100: converged when the last
 changes at most one image); and a figure against iterations for each attack and defense of the images not yet
 fooled (an image counts as fooled from the first iteration at which any EOT sample of an APGD-type stage
-misclassified it, cumulative over the cascade; PGD-EOT stores no trace, so the images it broke worst-of-N count as
-fooled from the start of the next stage and its other draws are not seen).
+misclassified it, cumulative over the cascade; of a stage without a trace, as PGD-EOT in records made before it
+stored one (the pinned converged run's), the images it broke worst-of-N count as fooled from the start of the next
+stage and its other draws are not seen).
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ import attacks.autoattack as autoattack_module
 from attacks import ATTACKS, AttackOutput, attack_config, build_attack
 from attacks.checks import run_sanity_checks
 from attacks.common import majority_vote, score_samples, seeded_call
-from attacks.pgd import eot_gradient, straight_through
+from attacks.pgd import eot_point, straight_through
 from utils.config import ConfigError
-from utils.seeds import derive_seeds
+from utils.seeds import SeedStage, derive_seeds
 
 EPS = 8.0 / 255.0
 
@@ -160,15 +160,38 @@ def test_eot_samples_are_one_batched_call_per_iteration():
     assert model.sizes == [15] * 4 + [3] * 2
 
 
+def test_pgd_eot_traces_the_eot_mean_loss_and_all_samples_correct_at_each_iterate():
+    """Iterates rebuilt by hand (random start, sign steps on the EOT CE gradient under the attack's seeds): the
+    'loss' trace is each image's mean CE over the K draws, 'correct' whether all K were right, per iterate 0 .. T-1."""
+    classifier, x, y, indices = linear_problem(n=8, dtype=torch.float64)
+    model, k, seed = Defended(NoisyIdentity(0.3), classifier), 3, 4
+    attack = build_attack("pgd_eot", {"iterations": 3, "eot_samples": k, "eval_samples": 1, "sanity_checks": False})
+    out = attack.run(model, x, y, indices, seed=seed)
+    x_t, split = attack.random_start(x, indices, seed), 0
+    for t in range(3):
+        x_in = x_t.repeat(k, 1, 1, 1).requires_grad_(True)
+        seeds = torch.cat([derive_seeds(seed, indices, SeedStage.ATTACK_STEP, t, j) for j in range(k)])
+        rows = F.cross_entropy(model(x_in, noise_seeds=seeds), y.repeat(k), reduction="none")
+        (grad,) = torch.autograd.grad(rows.sum(), x_in)
+        torch.testing.assert_close(out.history["loss"][:, t], rows.detach().view(k, -1).mean(dim=0))
+        right = (model(x_in.detach(), noise_seeds=seeds).argmax(dim=-1) == y.repeat(k)).view(k, -1)
+        assert torch.equal(out.history["correct"][:, t], right.all(dim=0))
+        split += int(((right.sum(dim=0) > 0) & (right.sum(dim=0) < k)).sum())
+        step = grad.view(k, *x.shape).sum(dim=0).sign() * attack.config.alpha
+        x_t = (x + (x_t + step - x).clamp(-EPS, EPS)).clamp(0.0, 1.0)
+    torch.testing.assert_close(out.x_adv, x_t)  # the rebuilt iterates are the attack's
+    assert split > 0  # on some image and iterate the draws disagree: 'all K correct' is not 'one draw correct'
+
+
 def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point():
     classifier, x, y, _ = linear_problem(n=5, dtype=torch.float64)
     model = Defended(Square(), classifier)
     seeds = torch.arange(15)
-    bpda = eot_gradient(straight_through(model), x, y, 3, seeds)
+    bpda = eot_point(straight_through(model), x, y, 3, seeds).grad
     purified = (x * x).requires_grad_(True)
     (reference,) = torch.autograd.grad(F.cross_entropy(classifier(purified), y, reduction="sum"), purified)
     torch.testing.assert_close(bpda, reference, rtol=1e-12, atol=1e-14)
-    exact = eot_gradient(seeded_call(model), x, y, 3, seeds)
+    exact = eot_point(seeded_call(model), x, y, 3, seeds).grad
     torch.testing.assert_close(exact, 2 * x * reference, rtol=1e-12, atol=1e-14)  # chain rule through x^2
 
 

@@ -115,7 +115,7 @@ def train_epoch(discriminator: AIDDiscriminator, optimizer: torch.optim.Optimize
     bar = tqdm(range(start_batch, len(batches)), desc=f"epoch {epoch + 1}", mininterval=config.progress_interval)
     for b in bar:
         x, y, indices = data.x[batches[b]], data.y[batches[b]], data.indices[batches[b]]
-        x_adv, _ = attack.perturb(discriminator.classifier, x, y, indices, run_seed(config.seed, STAGE_PGD, epoch))
+        x_adv = attack.perturb(discriminator.classifier, x, y, indices, run_seed(config.seed, STAGE_PGD, epoch)).x_adv
         generator = torch.Generator().manual_seed(run_seed(config.seed, STAGE_MIX, epoch, b))
         inputs, labels = avmixup(x, x_adv, config.gamma, generator)
         discriminator.train()
@@ -135,7 +135,7 @@ def evaluate(discriminator: AIDDiscriminator, data: ImageSet, config: TrainAIDCo
     for start in range(0, len(data.y), config.eval_batch_size):
         x, y = data.x[start:start + config.eval_batch_size], data.y[start:start + config.eval_batch_size]
         indices = data.indices[start:start + config.eval_batch_size]
-        x_adv, _ = attack.perturb(classifier, x, y, indices, run_seed(config.seed, STAGE_EVAL))
+        x_adv = attack.perturb(classifier, x, y, indices, run_seed(config.seed, STAGE_EVAL)).x_adv
         d_clean, d_adv = discriminator(x), discriminator(x_adv)
         batch = {"d_clean": d_clean, "d_adv": d_adv, "detect_clean": d_clean > 0.5, "detect_adv": d_adv < 0.5}
         for name, images in (("clean", x), ("adv", x_adv)):
