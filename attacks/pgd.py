@@ -17,7 +17,6 @@ from utils.config import from_dict, require
 from utils.seeds import SeedStage, derive_seeds, per_row
 
 
-
 class EotPoint(NamedTuple):
     """At one iterate: the gradient a PGD step ascends (B, C, H, W), the EOT-mean CE loss (B,) and whether every
     EOT sample classified the image correctly (B,) bool."""
@@ -128,13 +127,13 @@ def eot_point(forward: LogitsFn, x: torch.Tensor, y: torch.Tensor, samples: int,
     """grad_x of sum_b (1/K) sum_k CE(forward(x; xi_k)_b, y_b) for x (B, C, H, W), with each image's mean CE and
     all-samples-correct; the K samples are ONE call: x repeated K times along the batch (row k * B + b is image b,
     sample k) with noise_seeds (K * B,)."""
-    b = x.shape[0]
+    b, y_rows = x.shape[0], y.repeat(samples)
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         logits = forward(x_in.repeat(samples, *([1] * (x.dim() - 1))), noise_seeds)
-        rows = F.cross_entropy(logits, y.repeat(samples), reduction="none")
+        rows = F.cross_entropy(logits, y_rows, reduction="none")
         (grad,) = torch.autograd.grad(rows.sum() / samples, x_in)
-    correct = (logits.detach().argmax(dim=-1) == y.repeat(samples)).view(samples, b).all(dim=0)
+    correct = (logits.detach().argmax(dim=-1) == y_rows).view(samples, b).all(dim=0)
     return EotPoint(grad, rows.detach().view(samples, b).mean(dim=0), correct)
 
 

@@ -97,8 +97,7 @@ def evaluations_per_pass(purifier_config: object) -> tuple[int, int]:
     return steps, (2 if getattr(purifier_config, "checkpoint", False) else 1) * steps
 
 
-def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], per_pass: tuple[int, int] = (1, 1)
-                  ) -> str:
+def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], per_pass: tuple[int, int]) -> str:
     """One line: images, attacks with iterations x EOT, and the network passes this run computes (`per_pass`: the
     score-network evaluations of one forward and of one forward-backward pass, from `evaluations_per_pass`)."""
     gradient = sum(b.gradient_passes for b in budgets)

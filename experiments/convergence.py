@@ -15,7 +15,7 @@ stage and its other draws are not seen).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -127,6 +127,15 @@ class Doubling(NamedTuple):
     final: bool  # d = 1, and every scored stage that ran was scored at t / 2 and t, with t its iteration budget
 
 
+def _doublings(scores: dict[int, bool]) -> Iterator[int]:
+    """The divisors d = 2, 4, ... for which the stage was scored at t / d, t / (d / 2), ..., t (t its last scored
+    iteration): each is one doubling of the chain ending at t."""
+    t, divisor = max(scores), 2
+    while t % divisor == 0 and t // divisor in scores:
+        yield divisor
+        divisor *= 2
+
+
 def _robust_at(record: ImageRecord, image: dict[str, dict[int, bool]], divisor: int) -> bool:
     """The image's worst-of-N outcome with every scored stage stopped at t / divisor (a stage not scored there
     counts at t); divisor 1 is the cascade's own outcome. Above 1 an upper bound of a cascade run at that budget:
@@ -142,13 +151,13 @@ def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> li
     """Every doubling of the scored iterations, ending at the last (score_at [25, 50, 100]: 25 -> 50, 50 -> 100);
     [] if no stage was scored before its end."""
     per_image = [stage_scores(r) for r in records]
-    divisors = sorted({max(scores) // t for image in per_image for scores in image.values() for t in scores
-                       if max(scores) % t == 0 and (max(scores) // t).bit_count() == 1} - {1}, reverse=True)
+    divisors = sorted({d for image in per_image for scores in image.values() for d in _doublings(scores)},
+                      reverse=True)
     checks = []
     for divisor in divisors:
         half, full = divisor, divisor // 2
         spans = {f"{max(s) // half} -> {max(s) // full}": None for image in per_image for s in image.values()
-                 if max(s) // half in s}
+                 if divisor in _doublings(s)}
         final = full == 1 and all(max(s) // 2 in s and max(s) == iterations.get(stage, max(s))
                                   for image in per_image for stage, s in image.items())
         outcomes = [(_robust_at(r, image, half), _robust_at(r, image, full)) for r, image in zip(records, per_image)]

@@ -109,6 +109,8 @@ def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_p
     vote = attack_config("cascade", {"attacks": [dict(s, eval_samples=4) for s in STAGES], "survivor_rule": "vote"})
     text = markdown_table({"coup": Run(COUP, CASCADE, early), "none": Run({"name": "none"}, vote, early)})
     assert "| 0 (2 -> 2 robust) at 25 -> 50 (not checked at the final budget) |" in text
+    gap = [_cascade_record(0, None, {25: "1", 100: "1"}, 1.0, 1.0)]  # 25 and 100 scored, 50 not: no doubling
+    assert doubling_check(gap, {TRACED: 100}) == []
     assert "robust (%), scoring per row [95 % Wilson CI]" in text.splitlines()[0]
     assert "| 100.0 (2/2, worst of 10) [" in text and "| 100.0 (2/2, vote of 4) [" in text
 
