@@ -158,7 +158,7 @@ def doubling_check(records: list[ImageRecord], iterations: dict[str, int]) -> li
         half, full = divisor, divisor // 2
         spans = {f"{max(s) // half} -> {max(s) // full}": None for image in per_image for s in image.values()
                  if divisor in _doublings(s)}
-        final = full == 1 and all(max(s) // 2 in s and max(s) == iterations.get(stage, max(s))
+        final = full == 1 and all(2 in _doublings(s) and max(s) == iterations.get(stage, max(s))
                                   for image in per_image for stage, s in image.items())
         outcomes = [(_robust_at(r, image, half), _robust_at(r, image, full)) for r, image in zip(records, per_image)]
         checks.append(Doubling(", ".join(sorted(spans, key=lambda span: int(span.split()[0]))),

@@ -101,6 +101,11 @@ def test_doubling_check_counts_flips_both_ways_and_over_the_whole_cascade():
     two_stages[1].attacks["cascade"]["history"].update({f"{second}.worst_correct_at_50": "1",
                                                        f"{second}.worst_correct_at_100": "0"})
     assert doubling_check(two_stages, {TRACED: 100, second: 100}) == [Doubling("50 -> 100", 3, 1, 2, True)]
+    odd = [_cascade_record(0, None, {50: "1", 100: "1"}, 1.0, 1.0)]
+    odd[0].attacks["cascade"]["history"].update({f"{second}.worst_correct_at_50": "1",
+                                                 f"{second}.worst_correct_at_101": "1"})
+    # the second stage's budget 101 is not a doubling of 50: the check is not a verdict at the final budget
+    assert doubling_check(odd, {TRACED: 100, second: 101}) == [Doubling("50 -> 100", 1, 1, 0, False)]
 
 
 def test_doubling_check_below_the_final_budget_is_not_a_verdict_and_scoring_is_per_row():
