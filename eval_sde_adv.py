@@ -27,9 +27,10 @@ from runners.defended import PURIFIERS, DefendedClassifier
 from runners.guidance import GradMode
 from runners.purifiers import Backend
 from utils.cli import add_spine, dry_run_text, parse_assignments, parser, run_main, set_override, setup_logging
-from utils.config import read_yaml
+from utils.config import ConfigError, read_yaml
 from utils.data import ImageSet
 from utils.checkpoints import atomic_save
+from utils.devices import deterministic, device_name
 from utils.distributed import Shard, barrier, start_shard, stop_shard
 from utils.paths import output_folder
 from utils.precision import numerics
@@ -165,7 +166,7 @@ def plan_run(models: Models, runs: list[AttackRun], images: ImageSet, todo: list
     if todo:
         part = slice(todo[0].start, min(todo[0].stop, todo[0].start + TIMING_IMAGES))
         x, y = images.x[part].to(device), images.y[part].to(device)
-        seeds = clean_noise_seeds(experiment.file.eval.seed, images.indices[part]).to(device)
+        seeds = clean_noise_seeds(experiment.file.eval.seed, images.indices[part])
         log.info("%s", estimate_line(n_todo, budgets, seconds_per_image(models.defended, x, y, seeds)))
     return budgets
 
@@ -202,10 +203,17 @@ def run_batches(experiment: Experiment, images: ImageSet, models: Models, batche
     progress.close()
 
 
-def check_attacks(runs: list[AttackRun], models: Models) -> None:
-    """Every attack's check of the model it will attack, before the run folder exists or any batch runs."""
+def check_attacks(runs: list[AttackRun], models: Models, evaluate_classifier: bool = False) -> None:
+    """Every attack's check of each model it will attack (the bare classifier too under eval.evaluate_classifier),
+    before the run folder exists or any batch runs."""
     for attack_run in runs:
         attack_run.attack.check_model(models.defended if attack_run.spec.target == "defended" else models.classifier)
+        if evaluate_classifier and attack_run.spec.target == "defended":
+            try:
+                attack_run.attack.check_model(models.classifier)
+            except ValueError as err:
+                raise ConfigError(f"eval.evaluate_classifier also runs {attack_run.key} on the bare classifier, which "
+                                  f"it cannot attack ({err}); set eval.evaluate_classifier: false") from None
 
 
 def write_gradient_audit(model: DefendedClassifier, images: ImageSet, run_dir: Path, n_images: int,
@@ -231,8 +239,8 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
     """
     started_ns = time.time_ns()
     images, defended, classifier = load_prerequisites(experiment)
-    models = make_models(defended, classifier, shard.device)
-    check_attacks(attack_runs(experiment), models)
+    models = make_models(defended, classifier, shard.device, experiment.file.eval.max_batch)
+    check_attacks(attack_runs(experiment), models, experiment.file.eval.evaluate_classifier)
     run_dir, digest = open_run(experiment, config_path, shard)
     if fresh and shard.rank == 0:
         log.info("--fresh: removed %d earlier result file(s) from %s", len(clear_run(run_dir)), run_dir)
@@ -244,7 +252,7 @@ def evaluate(experiment: Experiment, config_path: Path, shard: Shard, fresh: boo
         return None
     records = ordered_records(read_records(run_dir), images.indices.tolist())
     info = RunInfo(run_dir.name, str(config_path), digest, attack_seed(experiment.file.eval.seed), shard.world_size,
-                   started_ns)
+                   started_ns, device_name(shard.device))
     audited = (write_gradient_audit(models.defended, images, run_dir, audit, experiment) if audit > 0
                else read_audit(run_dir))
     markdown = write_summary(run_dir, build_summary(experiment, records, info, audited))
@@ -260,9 +268,11 @@ def run(args: argparse.Namespace) -> int:
         run_dir = output_root(experiment).resolve() / run_name(args.config, resolved, config_hash(resolved))
         sys.stdout.write(dry_run_text(resolved, run_dir))
         return 0
-    shard = start_shard()
+    eval_config = experiment.file.eval
+    shard = start_shard(eval_config.device)
     try:
-        with numerics(experiment.file.eval.precision):  # full float32 unless eval.precision allows TF32
+        # full float32 unless eval.precision allows TF32; deterministic GPU kernels when eval.deterministic
+        with numerics(eval_config.precision), deterministic(eval_config.deterministic):
             markdown = evaluate(experiment, Path(args.config), shard, args.fresh, args.progress_interval,
                                 args.gradient_audit)
     finally:

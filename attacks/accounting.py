@@ -11,6 +11,8 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
+from utils.devices import model_device, synchronize
+
 # the papers' attack setting (DiffPure / COUP): 100 reverse steps (dt 1e-3), EOT 20, 512 images
 PAPER_STEPS, PAPER_EOT, PAPER_IMAGES = 100, 20, 512
 # purifier attributes holding a classifier it calls itself (guidance), besides the defended model's classifier
@@ -73,10 +75,13 @@ def measured(model: nn.Module) -> Iterator[Cost]:
     hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave),
              *(m.register_forward_hook(score_rows) for m in scores),
              *(m.register_forward_hook(classifier_rows) for m in classifiers)]
+    device = model_device(model)
+    synchronize(device)
     start = time.perf_counter()
     try:
         yield cost
     finally:
+        synchronize(device)
         cost.seconds = time.perf_counter() - start
         for handle in hooks:
             handle.remove()

@@ -82,7 +82,7 @@ def fixed_noise(seed: int, indices: torch.Tensor, iteration: int, samples: int) 
 def score_fixed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                 seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Deterministic white-box scoring: the one fixed-noise forward, the same for single / vote / worst."""
-    predictions = seeded_call(model)(x, fixed_noise(seed, indices, 0, 1).to(x.device)).argmax(dim=-1)
+    predictions = seeded_call(model)(x, fixed_noise(seed, indices, 0, 1)).argmax(dim=-1)
     hits = predictions == y
     return ({rule: predictions for rule in ("single", "vote", "worst")},
             {rule: hits for rule in ("single", "vote", "worst")})

@@ -27,6 +27,7 @@ from torch import nn
 from attacks.aggregation import AGGREGATIONS, NOISE_MODES, SelectiveSettings, score_fixed
 from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import AttackOutput, IterationCallback, score_samples, seeded_call
+from attacks.eot import eot_gradient
 from attacks.losses import LOSSES
 from attacks.pgd import BALLS, PGDEOT
 from attacks.registry import check_attack_inputs
@@ -149,16 +150,14 @@ class ApgdEot:
 
     def point(self, objective: Objective, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> Point:
         """Loss, correctness and aggregated gradient at x (B, C, H, W) from K samples in one batched call."""
-        k, b = self.config.eot_samples, x.shape[0]
-        with torch.enable_grad():
-            x_rep = x.detach().repeat(k, *([1] * (x.dim() - 1))).requires_grad_(True)
-            loss_rows, logits = objective(x_rep, y.repeat(k), seeds.to(x.device))
-            (grad_rows,) = torch.autograd.grad(loss_rows.sum(), x_rep)
-        loss = loss_rows.detach().view(k, b)
-        wrong = (logits.detach().argmax(dim=-1) != y.repeat(k)).view(k, b).sum(dim=0)
+        k, b, y_rep = self.config.eot_samples, x.shape[0], y.repeat(self.config.eot_samples)
+        grad_rows, loss_rows, logits = eot_gradient(lambda x_rep, noise: objective(x_rep, y_rep, noise), x, k, seeds,
+                                                    per_draw=True)
+        loss = loss_rows.view(k, b)
+        wrong = (logits.argmax(dim=-1) != y.unsqueeze(0)).sum(dim=0)
         c = self.config
         settings = SelectiveSettings(c.norm, c.radius, c.em_steps, c.em_sharpness)
-        grad = AGGREGATIONS.get(c.aggregation)(grad_rows.view(k, *x.shape), loss, settings)
+        grad = AGGREGATIONS.get(c.aggregation)(grad_rows, loss, settings)
         return Point(loss.mean(dim=0), wrong, grad)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,

@@ -86,7 +86,7 @@ class AutoAttackEval:
         adversary = self.adversary(model, seed, x.device)
         batch_size = self.config.batch_size or x.shape[0]
         # AutoAttack reseeds the global torch RNG; fork it so the caller's state is untouched
-        with recorded_flags() as raised, torch.random.fork_rng(devices=[] if x.device.type == "cpu" else None):
+        with recorded_flags() as raised, torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
             reset_dynamic_check()
             x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
         if callback is not None:

@@ -8,9 +8,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from attacks.eot import LogitsFn, eot_logits
+from utils.images import check_images
 from utils.seeds import SeedStage, derive_seeds
 
-LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 # progress hook of an attack: called with (iteration done, iterations) after each step; never prints
 IterationCallback = Callable[[int, int], None]
 
@@ -66,15 +67,16 @@ def score_samples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: t
 
     'single': the first forward; 'vote': the majority over all n_samples; 'worst': correct only if every
     forward is correct (its prediction is the first wrong label, or y). Sample k of image b uses
-    the noise seed (seed, index_b, SeedStage.SCORE, 0, k) when the model accepts noise_seeds.
+    the noise seed (seed, index_b, SeedStage.SCORE, 0, k) when the model accepts noise_seeds; the samples are
+    one stacked call (attacks.eot), chunked by the model's max_batch.
     """
-    forward = seeded_call(model)
-    logits = [forward(x, derive_seeds(seed, indices, SeedStage.SCORE, 0, k).to(x.device)) for k in range(n_samples)]
-    predictions = torch.stack([out.argmax(dim=-1) for out in logits])
+    check_images(x)
+    logits = eot_logits(seeded_call(model), x, n_samples, repeat_seeds(seed, indices, SeedStage.SCORE, 0, n_samples))
+    predictions = logits.argmax(dim=-1)
     hits = predictions == y.unsqueeze(0)
     all_correct = hits.all(dim=0)
     first_wrong = predictions.gather(0, (~hits).int().argmax(dim=0, keepdim=True)).squeeze(0)
-    vote = majority_vote(predictions, logits[0].shape[-1])
+    vote = majority_vote(predictions, logits.shape[-1])
     chosen = {"single": predictions[0], "vote": vote, "worst": torch.where(all_correct, y, first_wrong)}
     correct = {"single": hits[0], "vote": vote == y, "worst": all_correct}
     return chosen, correct

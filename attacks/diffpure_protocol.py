@@ -14,10 +14,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from attacks.checks import check_zero_gradients, run_sanity_checks
-from attacks.common import AttackOutput, LogitsFn, repeat_seeds, score_samples, seeded_call
+from attacks.common import AttackOutput, IterationCallback, LogitsFn, repeat_seeds, score_samples, seeded_call
+from attacks.eot import eot_gradient, eot_logits
 from attacks.pgd import PGDEOT, PGDEOTConfig, straight_through
 from attacks.registry import check_attack_inputs
 from utils.config import require
@@ -41,12 +41,6 @@ class DiffPureProtocolConfig(PGDEOTConfig):
         require(self.defense_samples >= 1, f"attack.defense_samples must be >= 1, got {self.defense_samples}")
 
 
-def averaged_logits(forward: LogitsFn, x: torch.Tensor, samples: int, noise_seeds: torch.Tensor) -> torch.Tensor:
-    """(B, classes): the mean over `samples` stochastic forwards of x (B, ...), done as one batched call."""
-    logits = forward(x.repeat(samples, *([1] * (x.dim() - 1))), noise_seeds)
-    return logits.view(samples, x.shape[0], -1).mean(dim=0)
-
-
 class DiffPureProtocolPGD(PGDEOT):
     """DiffPure's protocol with exact gradients through the whole defended model."""
 
@@ -57,31 +51,35 @@ class DiffPureProtocolPGD(PGDEOT):
                 step: int) -> torch.Tensor:
         """Predictions (B,) from the logits averaged over defense_samples fresh purifications of x (B, ...)."""
         samples = self.config.defense_samples
-        seeds = repeat_seeds(seed, indices, SeedStage.SCORE, 1 + step, samples).to(x.device)
+        seeds = repeat_seeds(seed, indices, SeedStage.SCORE, 1 + step, samples)
         with torch.no_grad():
-            return averaged_logits(seeded_call(model), x, samples, seeds).argmax(dim=-1)
+            return eot_logits(seeded_call(model), x, samples, seeds).mean(dim=0).argmax(dim=-1)
 
     def gradient_step(self, forward: LogitsFn, x_adv: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                       seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad of CE(mean of K logits, y) w.r.t. x_adv, the averaged logits (B, classes), detached)."""
-        samples = self.config.eot_samples
-        seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, samples).to(x_adv.device)
-        with torch.enable_grad():
-            x_in = x_adv.detach().requires_grad_(True)
-            logits = averaged_logits(forward, x_in, samples, seeds)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_in)
-        return grad, logits.detach()
+        samples, b = self.config.eot_samples, x_adv.shape[0]
+        seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, samples)
 
-    def protocol(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[str]]:
-        """(x_adv (B, ...), defended (B,) bool, DiffPure's predictions (B,), the first step's zero-gradient flag)."""
+        def averaged_cross_entropy(x_rep: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = forward(x_rep, noise)
+            return F.cross_entropy(logits.view(samples, b, -1).mean(dim=0), y, reduction="none"), logits
+
+        grad, _, logits = eot_gradient(averaged_cross_entropy, x_adv, samples, seeds)
+        return grad, logits.mean(dim=0)
+
+    def protocol(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, seed: int,
+                 callback: Optional[IterationCallback] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[str]]:
+        """(x_adv (B, ...), defended (B,) bool, DiffPure's predictions (B,), the first step's zero-gradient flag);
+        callback(i, iterations) after each of the i steps taken (none after an early stop)."""
         config = self.config
         forward = self.gradient_forward(model)
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         x_out, predictions = x_adv.clone(), y.clone()
         defended = torch.ones_like(y, dtype=torch.bool)
         zero_gradient_flag = None
-        for step in tqdm(range(config.iterations + 1), desc=self.name, leave=False, disable=None):
+        for step in range(config.iterations + 1):
             grad, logits = self.gradient_step(forward, x_adv, y, indices, seed, step)
             if step == 0 and config.sanity_checks:
                 zero_gradient_flag = check_zero_gradients(grad)
@@ -94,15 +92,19 @@ class DiffPureProtocolPGD(PGDEOT):
             if not bool(defended.any()) or step == config.iterations:
                 break
             x_adv = self.projected_step(x, x_adv, grad)
+            if callback is not None:
+                callback(step + 1, config.iterations)
         x_out[defended] = x_adv[defended]
         return x_out, defended, predictions, zero_gradient_flag
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
-            seed: int) -> AttackOutput:
-        """Attack one batch x (B, C, H, W) in [0, 1]; rule 'diffpure' is DiffPure's robust-accuracy decision."""
+            seed: int, callback: Optional[IterationCallback] = None) -> AttackOutput:
+        """Attack one batch x (B, C, H, W) in [0, 1]; rule 'diffpure' is DiffPure's robust-accuracy decision;
+        callback(i, n) per step."""
         check_attack_inputs(x, y, indices)
         flags = run_sanity_checks(model, x, y) if self.config.sanity_checks else {}
-        x_adv, defended, diffpure_predictions, zero_gradient_flag = self.protocol(model, x, y, indices, seed)
+        x_adv, defended, diffpure_predictions, zero_gradient_flag = self.protocol(model, x, y, indices, seed,
+                                                                                  callback)
         predictions, correct = score_samples(model, x_adv, y, indices, seed, self.config.eval_samples)
         predictions["diffpure"], correct["diffpure"] = diffpure_predictions, defended
         if self.config.sanity_checks:

@@ -11,8 +11,10 @@ from torch import nn
 from attacks.checks import check_zero_gradients, explain_expected_flags, run_sanity_checks
 from attacks.common import (AttackOutput, IterationCallback, LogitsFn,
                             repeat_seeds, score_samples, seeded_call)
+from attacks.eot import eot_gradient
 from attacks.registry import check_attack_inputs
 from attacks.threat import ThreatConfig
+from runners.defended import in_chunks
 from utils.config import from_dict, require
 from utils.seeds import SeedStage, derive_seeds, per_row
 
@@ -125,16 +127,16 @@ BALLS: dict[str, type] = {"Linf": LinfBall, "L2": L2Ball}
 def eot_point(forward: LogitsFn, x: torch.Tensor, y: torch.Tensor, samples: int,
               noise_seeds: Optional[torch.Tensor]) -> EotPoint:
     """grad_x of sum_b (1/K) sum_k CE(forward(x; xi_k)_b, y_b) for x (B, C, H, W), with each image's mean CE and
-    all-samples-correct; the K samples are ONE call: x repeated K times along the batch (row k * B + b is image b,
-    sample k) with noise_seeds (K * B,)."""
+    all-samples-correct; the K samples are one stacked call (attacks.eot) with noise_seeds (K * B,)."""
     b, y_rows = x.shape[0], y.repeat(samples)
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        logits = forward(x_in.repeat(samples, *([1] * (x.dim() - 1))), noise_seeds)
-        rows = F.cross_entropy(logits, y_rows, reduction="none")
-        (grad,) = torch.autograd.grad(rows.sum() / samples, x_in)
-    correct = (logits.detach().argmax(dim=-1) == y_rows).view(samples, b).all(dim=0)
-    return EotPoint(grad, rows.detach().view(samples, b).mean(dim=0), correct)
+
+    def cross_entropy(x_rep: torch.Tensor, seeds: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = forward(x_rep, seeds)
+        return F.cross_entropy(logits, y_rows, reduction="none"), logits
+
+    grad, rows, logits = eot_gradient(cross_entropy, x, samples, noise_seeds, divisor=samples)
+    correct = (logits.argmax(dim=-1) == y.unsqueeze(0)).all(dim=0)
+    return EotPoint(grad, rows.view(samples, b).mean(dim=0), correct)
 
 
 def straight_through(model: nn.Module) -> LogitsFn:
@@ -146,7 +148,7 @@ def straight_through(model: nn.Module) -> LogitsFn:
     purify = seeded_call(purifier)
 
     def forward(x: torch.Tensor, noise_seeds: Optional[torch.Tensor]) -> torch.Tensor:
-        purified = purify(x.detach(), noise_seeds).detach()
+        purified = in_chunks(purify, x.detach(), noise_seeds, getattr(model, "max_batch", None)).detach()
         return classifier(x + (purified - x.detach()))
 
     return forward
@@ -196,7 +198,7 @@ class PGDEOT:
         x_adv = self.random_start(x, indices, seed) if config.random_start else x.clone()
         zero_gradient_flag, losses, corrects = None, [], []
         for step in range(config.iterations):
-            noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples).to(x.device)
+            noise_seeds = repeat_seeds(seed, indices, SeedStage.ATTACK_STEP, step, config.eot_samples)
             point = gradient(x_adv, y, noise_seeds)
             if step == 0 and config.sanity_checks:
                 zero_gradient_flag = check_zero_gradients(point.grad)

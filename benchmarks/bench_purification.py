@@ -1,12 +1,14 @@
-"""Purification cost on CPU: solver overhead over the bare networks, input-gradient time per backend, and
-peak memory of a gradient versus the number of steps. Prints ratios measured in this one run (times: the fastest
-of --repeats interleaved rounds).
+"""Purification cost on CPU: solver overhead over the bare networks, input-gradient time per backend, the exact
+solver's memory budget (purifier.graph_steps: steps whose graph is kept instead of recomputed) and peak memory of a
+gradient versus the number of steps. Prints ratios measured in this one run (times: the fastest of --repeats
+interleaved rounds).
 
-    python benchmarks/bench_purification.py [--repeats 5] [--threads 2]
+    python benchmarks/bench_purification.py [--repeats 5] [--threads 2] [--part all | budget]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifiers.wide_resnet import wide_resnet  # noqa: E402
 from runners.purifiers import DiffusionPurifier, PurifierConfig  # noqa: E402
+from runners.solvers import GraphSteps  # noqa: E402
 from diffusion.sde import VPSDE  # noqa: E402
 from score_sde import NCSNpp, ScoreSDEBackbone  # noqa: E402
 from score_sde.config import NCSNppConfig  # noqa: E402
@@ -113,6 +116,29 @@ def gradient_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
                   for name, kw in settings.items()}, repeats)
 
 
+def budget_times(batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Seconds of one purification (no graph) and of one input gradient at graph_steps 0, steps // 2 and 'all'."""
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    config = PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, grad_mode="full")
+    fns = {"forward": purify(build(config), x)}
+    for budget in graph_budgets(steps):
+        fns[f"gradient, graph_steps {budget}"] = gradient(build(dataclasses.replace(config, graph_steps=budget)), x)
+    return timed(fns, repeats)
+
+
+def noise_share(batch: int, steps: int, repeats: int) -> float:
+    """Time of drawing a purification's noise table (per-row CPU generators) over the whole purification's."""
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    purifier, seeds = build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0)), torch.arange(batch)
+    times = timed({"noise": lambda: purifier.draw_noise(x, seeds), "purification": purify(purifier, x)}, repeats)
+    return times["noise"] / times["purification"]
+
+
+def graph_budgets(steps: int) -> tuple[GraphSteps, ...]:
+    """The memory budgets measured: every step recomputed, half of them kept, all kept (plain backprop)."""
+    return 0, steps // 2, "all"
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set (VmHWM, Linux) in MiB; unlike ru_maxrss it is not inherited from the parent."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -121,21 +147,43 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: the memory measurement needs Linux")
 
 
-def peak_memory_child(steps: int, checkpoint: bool) -> None:
+def peak_memory_child(steps: int, graph_steps: GraphSteps) -> None:
     """(Child process) print the peak RSS growth in MiB of one gradient at `steps` steps (no warm-up: the
     one-time allocations of the first call are counted at every step count alike)."""
-    purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, checkpoint=checkpoint))
+    purifier = build(PurifierConfig(name="coup", t_star=steps * 1e-3, t_end=0.0, graph_steps=graph_steps))
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     base = peak_rss_mib()
     gradient(purifier, x)()
     sys.stdout.write(json.dumps(peak_rss_mib() - base) + "\n")
 
 
-def peak_memory(steps: int, checkpoint: bool) -> float:
+def peak_memory(steps: int, graph_steps: GraphSteps) -> float:
     """Peak RSS growth (MiB) of one batch-8 gradient, measured in a fresh process."""
-    cmd = [sys.executable, __file__, "--child-memory", str(steps), "--checkpoint", str(int(checkpoint)),
+    cmd = [sys.executable, __file__, "--child-memory", str(steps), "--graph-steps", str(graph_steps),
            "--threads", str(torch.get_num_threads())]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def budget_report(repeats: int, steps: int = 10) -> list[str]:
+    """The memory-budget table: gradient / forward time ratio and peak memory per graph_steps."""
+    times = {b: budget_times(b, steps, repeats) for b in (1, 8)}
+    lines = [f"| memory budget ({steps} steps, COUP full grads) | batch 1: s | gradient / forward | batch 8: s | "
+             "gradient / forward | vs graph_steps 0 (batch 8) |", "|---|---|---|---|---|---|"]
+    base = times[8]["gradient, graph_steps 0"]
+    for key in times[1]:
+        cells = [f"{times[b][key]:.3f} | {times[b][key] / times[b]['forward']:.2f}" for b in (1, 8)]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} | {times[8][key] / base:.2f}x |")
+    share = {b: noise_share(b, steps, repeats) for b in (1, 8)}
+    lines.append(f"| noise table drawn on the host, share of a purification | {share[1]:.2%} | | {share[8]:.2%} | | |")
+    mem = {(s, g): peak_memory(s, g) for s in (25, 100) for g in graph_budgets(s)}
+    lines += ["", "| peak RSS growth of one batch-8 gradient (exact backend) | 25 steps | 100 steps | ratio |",
+              "|---|---|---|---|"]
+    for name, budget in (("graph_steps 0: step-checkpointed (default)", lambda s: 0),
+                         ("graph_steps steps / 2", lambda s: s // 2),
+                         ("graph_steps all: plain backprop (= checkpoint: false)", lambda s: "all")):
+        low, high = mem[25, budget(25)], mem[100, budget(100)]
+        lines.append(f"| {name} | {low:.0f} MiB | {high:.0f} MiB | {high / low:.2f}x |")
+    return lines
 
 
 def report(repeats: int) -> None:
@@ -155,26 +203,28 @@ def report(repeats: int) -> None:
     diffpure = {b: grads[b]["adjoint/detached+net params (DiffPure-style)"] / grads[b]["exact/detached"]
                 for b in (1, 8)}
     lines.append(f"| speed-up exact vs DiffPure-style adjoint | {diffpure[1]:.2f}x | {diffpure[8]:.2f}x |")
-    mem = {(s, c): peak_memory(s, c) for s in (25, 100) for c in (True, False)}
-    lines += ["", "| peak RSS growth of one batch-8 gradient (exact backend) | 25 steps | 100 steps | ratio |",
-              "|---|---|---|---|"]
-    for checkpoint, name in ((True, "step-checkpointed (default)"), (False, "plain backprop (checkpoint: false)")):
-        low, high = mem[25, checkpoint], mem[100, checkpoint]
-        lines.append(f"| {name} | {low:.0f} MiB | {high:.0f} MiB | {high / low:.2f}x |")
-    sys.stdout.write("\n".join(lines) + "\n")  # the benchmark's output is its table
+    sys.stdout.write("\n".join(lines + [""] + budget_report(repeats)) + "\n")  # the benchmark's output is its table
+
+
+def graph_steps_arg(text: str) -> GraphSteps:
+    """--graph-steps: an integer or 'all'."""
+    return text if text == "all" else int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the memory children use them too)")
+    parser.add_argument("--part", choices=("all", "budget"), default="all", help="budget: the memory-budget table only")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--graph-steps", type=graph_steps_arg, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if args.child_memory:
-        peak_memory_child(args.child_memory, bool(args.checkpoint))
+        peak_memory_child(args.child_memory, args.graph_steps)
+    elif args.part == "budget":
+        sys.stdout.write("\n".join(budget_report(args.repeats)) + "\n")
     else:
         report(args.repeats)
 

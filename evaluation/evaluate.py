@@ -20,7 +20,7 @@ from attacks.accounting import measured
 from attacks.common import AttackOutput, score_samples
 from attacks.registry import Attack, build_attack
 from attacks.traces import encode_history
-from runners.defended import DefendedClassifier
+from runners.defended import DefendedClassifier, in_chunks
 from runners.noise import NoiseSource
 from runners.purifiers import IdentityPurifier
 from evaluation.experiment import AttackSpec, Experiment
@@ -101,9 +101,12 @@ def attack_runs(experiment: Experiment) -> list[AttackRun]:
             for key, spec in zip(attack_keys(experiment.attacks), experiment.attacks)]
 
 
-def make_models(defended: DefendedClassifier, classifier: nn.Module, device: torch.device) -> Models:
-    """Models on `device`; the bare classifier is wrapped with the identity purifier (BPDA then works on it too)."""
-    bare = DefendedClassifier(IdentityPurifier(), classifier).eval()
+def make_models(defended: DefendedClassifier, classifier: nn.Module, device: torch.device,
+                max_batch: Optional[int] = None) -> Models:
+    """Models on `device`, each forward in chunks of at most max_batch rows (eval.max_batch); the bare classifier is
+    wrapped with the identity purifier (BPDA then works on it too)."""
+    defended.max_batch = max_batch
+    bare = DefendedClassifier(IdentityPurifier(), classifier, max_batch).eval()
     return Models(defended.to(device), bare.to(device))
 
 
@@ -123,7 +126,7 @@ def reseed_unseeded_noise(model: nn.Module, seed: int) -> None:
 def clean_outcomes(models: Models, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, Any]:
     """Clean predictions (B,) of both models, the defended logits (B, K), and the per-image min / max / sum of the
     purified images (the sum is a checksum of the purification noise)."""
-    purified = models.defended.purifier(x, seeds.to(x.device))
+    purified = in_chunks(models.defended.purifier, x, seeds, models.defended.max_batch)
     logits = models.defended.classifier(purified)
     bare = models.classifier(x).argmax(dim=-1)
     flat = purified.flatten(1)
@@ -195,7 +198,7 @@ def example_images(models: Models, x: torch.Tensor, y: torch.Tensor, indices: to
     """The first `count` images: clean, purified clean, and per attack x_adv and purified x_adv (all in [0, 1]),
     each purified image with the classifier's prediction (count,)."""
     keep = slice(0, count)
-    seeds = clean_noise_seeds(eval_seed, indices[keep]).to(x.device)
+    seeds = clean_noise_seeds(eval_seed, indices[keep])
     purify, classify = models.defended.purifier, models.defended.classifier
     attacks = {}
     for key, out in results.items():

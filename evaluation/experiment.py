@@ -17,6 +17,7 @@ from runners.defended import (DefendedClassifier, PurifierContext, build_purifie
 from utils.cli import apply_overrides, attempt, raise_problems
 from utils.config import from_dict, read_yaml, require, to_dict
 from utils.data import DataConfig, ImageSet, load_images
+from utils.devices import check_device_spec
 from utils.precision import Precision
 
 
@@ -30,10 +31,15 @@ class EvalConfig:
     evaluate_classifier: bool = False
     save_examples: int = 0  # keep the first K images of batch 0 (clean, adversarial, purified) in examples.pt
     precision: Precision = "float32"  # utils/precision.py: 'float32' (TF32, autocast off) or 'tf32' (TF32 allowed)
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N (utils/devices.py)
+    max_batch: Optional[int] = None  # rows (images x EOT draws) per forward of the defended model; None: all at once
+    deterministic: bool = False  # torch's deterministic algorithms and cuDNN (GPU reruns give identical records)
 
     def __post_init__(self) -> None:
         require(self.adv_batch_size >= 1, f"eval.adv_batch_size must be >= 1, got {self.adv_batch_size}")
         require(self.save_examples >= 0, f"eval.save_examples must be >= 0, got {self.save_examples}")
+        require(self.max_batch is None or self.max_batch >= 1, f"eval.max_batch must be >= 1, got {self.max_batch}")
+        check_device_spec(self.device)
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def image_caption(dataset: str, ex: dict[str, Any], key: str, i: int, column: in
 def figure(runs: list[dict[str, Any]], out: Path, attack: Optional[str] = None) -> Optional[Path]:
     """PNG: per defense a row of clean | adversarial | purified adversarial images (from examples.pt), the clean image
     labelled with its true class and the purified one with the defended model's prediction."""
-    rows = [(run, torch.load(run["dir"] / "examples.pt", weights_only=True)) for run in runs
+    rows = [(run, torch.load(run["dir"] / "examples.pt", map_location="cpu", weights_only=True)) for run in runs
             if (run["dir"] / "examples.pt").is_file()]
     if not rows:
         log.warning("no examples.pt in the runs (set eval.save_examples); no figure")

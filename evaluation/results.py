@@ -37,10 +37,17 @@ class RunDirError(ValueError):
     """A results folder belongs to another config, or its records are inconsistent."""
 
 
+# keys that say where and how a run computes, not what: where results go, the device, rows per forward, GPU
+# determinism, the exact solver's memory budget (the same records on one device: tests/test_eval.py, test_solvers.py)
+RUNTIME_KEYS = (("eval", "output_dir"), ("eval", "device"), ("eval", "max_batch"), ("eval", "deterministic"),
+                ("purifier", "graph_steps"))
+
+
 def hashed_config(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The part of the resolved config that defines the experiment: all but eval.output_dir (where results go)."""
+    """The part of the resolved config that defines the experiment: all but the RUNTIME_KEYS."""
     config = copy.deepcopy(resolved)
-    config.get("eval", {}).pop("output_dir", None)
+    for section, key in RUNTIME_KEYS:
+        config.get(section, {}).pop(key, None)
     return config
 
 

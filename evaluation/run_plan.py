@@ -12,6 +12,7 @@ from torch import nn
 
 from attacks.cascade import stage_configs
 from attacks.common import seeded_call
+from utils.devices import synchronize
 from evaluation.experiment import AttackSpec
 from utils.progress import format_duration
 
@@ -111,15 +112,24 @@ def describe_size(n_images: int, n_todo: int, budgets: list[AttackBudget], per_p
 
 
 def seconds_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor) -> tuple[float, float]:
-    """Wall time per image of one forward (no grad) and one forward-backward pass of `model` on x (B, C, H, W)."""
+    """Wall time per image of one forward (no grad) and one forward-backward pass of `model` on x (B, C, H, W),
+    after a one-image warm-up (kernel selection, allocator), waiting for the GPU before each clock read."""
     forward = seeded_call(model)
+
+    def gradient(rows: slice) -> None:
+        with torch.enable_grad():
+            x_in = x[rows].detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(forward(x_in, seeds[rows]), y[rows]), x_in)
+
+    gradient(slice(0, 1))
+    synchronize(x.device)
     start = time.perf_counter()
     with torch.no_grad():
         forward(x, seeds)
+    synchronize(x.device)
     middle = time.perf_counter()
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(forward(x_in, seeds), y), x_in)
+    gradient(slice(None))
+    synchronize(x.device)
     end = time.perf_counter()
     return (middle - start) / x.shape[0], (end - middle) / x.shape[0]
 

@@ -19,6 +19,7 @@ from runners.defended import gradient_statement
 from runners.gradient_path import STRAIGHT_THROUGH, TRANSFER
 from utils.files import atomic_write_text
 from evaluation.labels import defining_values
+from utils.devices import deterministic_flags
 from utils.precision import describe_numerics, precision_flags
 from utils.provenance import git_hash, package_versions
 from evaluation.reuse import reuse_text, row_origin
@@ -41,6 +42,7 @@ class RunInfo:
     attack_seed: int
     world_size: int
     started_ns: int = 0  # when this process started; records written before it were reused from earlier runs
+    device: str = "cpu"  # utils.devices.device_name of rank 0's device, e.g. 'NVIDIA H100 80GB HBM3 (cuda:0)'
 
 
 def accuracy(hits: list[bool]) -> dict[str, Any]:
@@ -196,8 +198,9 @@ def build_summary(experiment: Experiment, records: list[ImageRecord], info: RunI
         "seeds": {"eval": resolved["eval"]["seed"], "data": resolved["data"]["data_seed"],
                   "classifier_init": resolved["classifier"]["seed"], "derivation": SEED_DERIVATION,
                   "attack": info.attack_seed},
-        "processes": info.world_size,
+        "processes": info.world_size, "device": info.device,
         "packages": package_versions(), "git": git_hash(), "numerics": precision_flags(),
+        "determinism": deterministic_flags(),
         "config": resolved,
     }
 
@@ -268,7 +271,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"{100 * summary['classifier_clean']['accuracy']:.2f} %.", "",
              f"Seeds: eval {seeds['eval']}, data {seeds['data']}, classifier init {seeds['classifier_init']}; "
              "batch seeds in summary.json.",
-             f"Numerics: {describe_numerics(summary['numerics'])}.",
+             f"Device: {summary.get('device', 'cpu')}; numerics: {describe_numerics(summary['numerics'])}.",
              f"attack seed {seeds['attack']} for every batch.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["packages"].items()) + f"; git {summary['git']}."]
     return "\n".join(lines) + "\n"

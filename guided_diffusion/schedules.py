@@ -89,7 +89,7 @@ def alpha_bar_to_timestep(alphas_cumprod: torch.Tensor, alpha_bar: torch.Tensor)
     """
     neg_log = -torch.log(alphas_cumprod.to(device=alpha_bar.device, dtype=torch.float64))
     neg_log = torch.cat([neg_log.new_zeros(1), neg_log])
-    target = (-torch.log(alpha_bar.to(torch.float64))).clamp(0.0, float(neg_log[-1]))
+    target = torch.minimum((-torch.log(alpha_bar.to(torch.float64))).clamp(min=0.0), neg_log[-1])
     upper = torch.searchsorted(neg_log, target.reshape(-1)).clamp(1, neg_log.shape[0] - 1).reshape(target.shape)
     low, high = neg_log[upper - 1], neg_log[upper]
     return (upper - 2).to(torch.float64) + (target - low) / (high - low)

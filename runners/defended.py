@@ -1,4 +1,4 @@
-"""The defended model (purifier then classifier, a plain logits model), the purifier registry, and EOT."""
+"""The defended model (purifier then classifier, a plain logits model), the purifier registry, and row chunking."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,7 +15,6 @@ from runners.gradient_path import GradientText, diffusion_gradient, no_purifier
 from utils.config import from_dict
 from utils.images import check_dtype, check_images
 from utils.registry import Lazy, Registry
-from utils.seeds import derive_seeds
 
 
 @dataclass(frozen=True)
@@ -88,32 +87,38 @@ def build_purifier(config: Any, context: PurifierContext) -> Purifier:
     return PURIFIERS.get(config.name).build(config, context)
 
 
-class DefendedClassifier(nn.Module):
-    """logits = classifier(purifier(x)) for x (B, C, H, W) in [0, 1]; what every attack differentiates."""
+# (x (B, C, H, W), noise seeds (B,) or None) -> outputs (B, ...): a model call over rows that are independent
+RowsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
-    def __init__(self, purifier: Purifier, classifier: nn.Module) -> None:
+
+def in_chunks(forward: RowsFn, x: torch.Tensor, noise_seeds: Optional[torch.Tensor],
+              max_rows: Optional[int]) -> torch.Tensor:
+    """forward(x, noise_seeds) over consecutive chunks of at most max_rows rows of x (B, ...), concatenated (B, ...).
+
+    One call when max_rows is None or B <= max_rows. Each row's purification noise comes from its own seed, so a
+    chunked call gives the rows of one call (without seeds, each chunk draws fresh noise, as any call does).
+    """
+    if max_rows is None or x.shape[0] <= max_rows:
+        return forward(x, noise_seeds)
+    parts = [forward(x[start:start + max_rows], None if noise_seeds is None else noise_seeds[start:start + max_rows])
+             for start in range(0, x.shape[0], max_rows)]
+    return torch.cat(parts)
+
+
+class DefendedClassifier(nn.Module):
+    """logits = classifier(purifier(x)) for x (B, C, H, W) in [0, 1]; what every attack differentiates.
+
+    max_batch (eval.max_batch): at most this many rows go through the purifier and classifier at once.
+    """
+
+    def __init__(self, purifier: Purifier, classifier: nn.Module, max_batch: Optional[int] = None) -> None:
         super().__init__()
         self.purifier, self.classifier = purifier, classifier
+        self.max_batch = max_batch
 
     def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B, num_classes); noise_seeds (B,) fixes each row's purification noise."""
+        """Logits (B, num_classes); noise_seeds (B,) (host tensor) fixes each row's purification noise."""
         check_images(x)
         check_dtype(x, self.classifier)
-        return self.classifier(self.purifier(x, noise_seeds))
-
-
-def eot_logits(model: nn.Module, x: torch.Tensor, n_samples: int,
-               noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """K stochastic forwards of x (B, ...) as one batched call: logits (K, B, num_classes).
-
-    noise_seeds (B,) gives sample k of row b the seed derive_seeds(noise_seeds[b], k).
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    batch = x.repeat(n_samples, *([1] * (x.dim() - 1)))
-    if noise_seeds is None:
-        logits = model(batch)
-    else:
-        seeds = torch.cat([derive_seeds(0, noise_seeds, k) for k in range(n_samples)])
-        logits = model(batch, noise_seeds=seeds)
-    return logits.view(n_samples, x.shape[0], -1)
+        return in_chunks(lambda rows, seeds: self.classifier(self.purifier(rows, seeds)), x, noise_seeds,
+                         self.max_batch)

@@ -16,6 +16,8 @@ the attack the exact gradient through every step (second order), 'bpda' reproduc
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -172,7 +174,10 @@ class LikelihoodMaximizationPurifier(Purifier):
                            labels: Optional[torch.Tensor]) -> torch.Tensor:
         """grad_x [J(x) - lambda log p(yhat | x)] (B, C, H, W) at x in [-1, 1]; graph kept for an outer backward."""
         keep_graph = torch.is_grad_enabled() and x.requires_grad
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # the math attention has a double backward
+        # only an outer backward differentiates this gradient again, which needs the math attention's double
+        # backward; without one (BPDA, scoring) the fused kernels stay allowed
+        kernels = sdpa_kernel(SDPBackend.MATH) if keep_graph else contextlib.nullcontext()
+        with torch.enable_grad(), kernels:
             x_in = x if keep_graph else x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(diffusion_loss(self.backbone, x_in, sigma, eps).sum(), x_in,
                                           create_graph=keep_graph)

@@ -13,7 +13,7 @@ from torch import nn
 from classifiers.surrogate import smooth_surrogate
 from runners.guidance import GradMode, GuidedScore, LabelMode
 from runners.noise import NoiseSource, per_row_normal
-from runners.solvers import StepCallback, StepTap, TimeGrid, solve_exact, solve_exact_tapped
+from runners.solvers import GraphSteps, StepCallback, StepTap, TimeGrid, solve_exact, solve_exact_tapped
 from runners.torchsde_backend import solve_torchsde
 from diffusion.backbone import VPBackbone
 from diffusion.sde import DiscreteDDPMSchedule, ScoreFn
@@ -41,6 +41,7 @@ class PurifierConfig:
     surrogate_beta: Optional[float] = None  # grad_mode 'surrogate': softplus(beta) for ReLU in the backward (10)
     backend: Backend = "exact"
     checkpoint: bool = True
+    graph_steps: GraphSteps = 0  # exact backend's memory budget: steps whose graph is kept, the rest recomputed
     adjoint_over_networks: bool = False
     fixed_noise: bool = False
     seed: int = 0
@@ -53,6 +54,8 @@ class PurifierConfig:
         require(self.dt <= self.t_star,
                 f"purifier.dt {self.dt} is larger than t_star {self.t_star}: the solver could take only one step of "
                 f"{self.t_star - self.t_end:.6g}; set dt <= t_star (t_star / dt steps are taken)")
+        require(self.graph_steps == "all" or (isinstance(self.graph_steps, int) and self.graph_steps >= 0),
+                f"purifier.graph_steps must be an integer >= 0 or 'all', got {self.graph_steps!r}")
         require(self.guidance_scale is None or math.isfinite(self.guidance_scale),
                 "purifier.guidance_scale must be finite")
         require(self.surrogate_beta is None or (self.grad_mode == "surrogate" and 0.0 < self.surrogate_beta < math.inf),
@@ -209,7 +212,7 @@ class DiffusionPurifier(Purifier):
                     callback: Optional[StepCallback] = None) -> torch.Tensor:
         """The exact, step-checkpointed Euler-Maruyama backend, with an optional per-step callback."""
         return solve_exact(self.backbone.sde, score_fn, x_start, self.grid, z, checkpoint=self.config.checkpoint,
-                           callback=callback)
+                           callback=callback, graph_steps=self.config.graph_steps)
 
     def solve_torchsde(self, score_fn: ScoreFn, x_start: torch.Tensor, z: torch.Tensor,
                        callback: Optional[StepCallback] = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, Union
 
 import torch
 
@@ -53,7 +53,7 @@ def reverse_em_step(sde: VPSDE, score_fn: ScoreFn, x: torch.Tensor, tau: float, 
     """One Euler-Maruyama step of the reverse SDE from tau to tau - h; x, z (B, C, H, W)."""
     t = torch.full((x.shape[0],), tau, dtype=x.dtype, device=x.device)
     drift = sde.reverse_drift(x, t, score_fn(x, t))
-    return x - h * drift + sde.diffusion(torch.tensor(tau, dtype=torch.float64)).item() * math.sqrt(h) * z
+    return x - h * drift + math.sqrt(sde.beta(tau)) * math.sqrt(h) * z
 
 
 class _StepCheckpointedSolve(torch.autograd.Function):
@@ -92,10 +92,12 @@ class _StepCheckpointedSolve(torch.autograd.Function):
 
 
 def solve_exact(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,
-                checkpoint: bool = True, callback: Optional[StepCallback] = None) -> torch.Tensor:
+                checkpoint: bool = True, callback: Optional[StepCallback] = None,
+                graph_steps: GraphSteps = 0) -> torch.Tensor:
     """Integrate the reverse SDE; backprop gives the exact gradient of the discrete solver.
 
-    With checkpoint=True memory is flat in the number of steps (one step's graph at a time).
+    With checkpoint=True memory is flat in the number of steps (one step's graph at a time) but for the first
+    graph_steps steps, whose graphs are kept (the memory budget: fewer recomputations); see iterate_steps.
     x_start (B, C, H, W) in [-1, 1], z (n_steps, B, C, H, W) standard normal.
     """
     _check_noise(z, x_start, grid)
@@ -107,18 +109,26 @@ def solve_exact(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: Time
             callback(k, tau, x_next)
         return x_next
 
-    return iterate_steps(step, x_start, grid.n_steps, checkpoint)
+    return iterate_steps(step, x_start, grid.n_steps, checkpoint, graph_steps)
+
+
+GraphSteps = Union[int, Literal["all"]]
 
 
 def iterate_steps(step: Callable[[torch.Tensor, int], torch.Tensor], x_start: torch.Tensor, n_steps: int,
-                  checkpoint: bool = True) -> torch.Tensor:
-    """x_{k+1} = step(x_k, k) for k < n_steps; step-checkpointed (memory flat in n_steps) when x_start needs grad."""
-    if checkpoint and torch.is_grad_enabled() and x_start.requires_grad:
-        return _StepCheckpointedSolve.apply(x_start, step, n_steps)[0]
+                  checkpoint: bool = True, graph_steps: GraphSteps = 0) -> torch.Tensor:
+    """x_{k+1} = step(x_k, k) for k < n_steps; when x_start needs grad and checkpoint is set, the first graph_steps
+    steps keep their graphs (3 network passes per step in a gradient) and the rest are step-checkpointed (4 passes,
+    memory flat in their number); graph_steps 'all' or checkpoint False keeps every step's graph (plain backprop)."""
+    if not (checkpoint and torch.is_grad_enabled() and x_start.requires_grad):
+        graph_steps = "all"
+    kept = n_steps if graph_steps == "all" else min(int(graph_steps), n_steps)
     x = x_start
-    for k in range(n_steps):
+    for k in range(kept):
         x = step(x, k)
-    return x
+    if kept == n_steps:
+        return x
+    return _StepCheckpointedSolve.apply(x, lambda x_k, k: step(x_k, kept + k), n_steps - kept)[0]
 
 
 def solve_exact_tapped(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: TimeGrid, z: torch.Tensor,

@@ -5,6 +5,7 @@ so both backends give the same output for the same noise (tests/test_solvers.py)
 """
 from __future__ import annotations
 
+import bisect
 from typing import Optional
 
 import torch
@@ -13,19 +14,21 @@ from torch import nn
 
 from diffusion.sde import VPSDE, ScoreFn
 from runners.solvers import TimeGrid, _check_noise
+from utils.devices import to_device
 
 
 class TabulatedBrownian(torchsde.BaseBrownian):
     """A Brownian path fixed at grid times s_k by given increments, linear in between (torchsde's bm)."""
 
     def __init__(self, s_grid: torch.Tensor, increments: torch.Tensor) -> None:
-        self._s = s_grid.to(torch.float64)
+        self._s = s_grid.to(torch.float64).tolist()
         self._w = torch.cat([torch.zeros_like(increments[:1]), increments.cumsum(0)])
 
     def _path(self, s: torch.Tensor | float) -> torch.Tensor:
+        """W(s) (B, D) on the increments' device; s is a host time (ts stays on the CPU), so no device sync."""
         s = float(s)
-        k = int(torch.searchsorted(self._s, torch.tensor(s, dtype=torch.float64)).clamp(1, len(self._s) - 1))
-        lo, hi = float(self._s[k - 1]), float(self._s[k])
+        k = min(max(bisect.bisect_left(self._s, s), 1), len(self._s) - 1)
+        lo, hi = self._s[k - 1], self._s[k]
         frac = min(max((s - lo) / (hi - lo), 0.0), 1.0)
         return self._w[k - 1] + frac * (self._w[k] - self._w[k - 1])
 
@@ -88,11 +91,12 @@ def solve_torchsde(sde: VPSDE, score_fn: ScoreFn, x_start: torch.Tensor, grid: T
     _check_noise(z, x_start, grid)
     t_star = grid.taus[0]
     s_grid = torch.tensor([t_star - tau for tau in grid.taus], dtype=torch.float64)
-    steps = torch.tensor([grid.step(k)[1] for k in range(grid.n_steps)], dtype=z.dtype, device=z.device)
-    increments = z.flatten(2) * steps.sqrt().view(-1, 1, 1)
-    bm = TabulatedBrownian(s_grid, increments)
+    steps = torch.tensor([grid.step(k)[1] for k in range(grid.n_steps)], dtype=z.dtype)
+    # the increments live only while the path's cumulative sum is built: one table beside z, not two
+    bm = TabulatedBrownian(s_grid, z.flatten(2) * to_device(steps.sqrt().view(-1, 1, 1), z.device))
     shim = ReverseSDEShim(sde, score_fn, t_star, tuple(x_start.shape[1:]), networks)
-    ts = torch.tensor([0.0, t_star - grid.taus[-1]], dtype=x_start.dtype, device=x_start.device)
+    # on the host: torchsde compares its times every step, which on a GPU would wait for the device each time
+    ts = torch.tensor([0.0, t_star - grid.taus[-1]], dtype=x_start.dtype)
     dt = grid.taus[0] - grid.taus[1]
     y0 = x_start.flatten(1)
     if adjoint and torch.is_grad_enabled() and x_start.requires_grad:

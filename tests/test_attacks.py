@@ -152,12 +152,12 @@ def test_pgd_is_deterministic_and_batch_independent_with_noise_seeds():
     assert not torch.equal(full.x_adv, other.x_adv)
 
 
-def test_eot_samples_are_one_batched_call_per_iteration():
+def test_eot_samples_are_one_batched_call_per_iteration_and_the_scoring_draws_one_more():
     classifier, x, y, indices = linear_problem(n=3)
     model = CallLog(Defended(NoisyIdentity(0.1), classifier))
     build_attack("pgd_eot", {"iterations": 4, "eot_samples": 5, "eval_samples": 2, "sanity_checks": False}).run(
         model, x, y, indices, seed=0)
-    assert model.sizes == [15] * 4 + [3] * 2
+    assert model.sizes == [15] * 4 + [6]
 
 
 def test_pgd_eot_traces_the_eot_mean_loss_and_all_samples_correct_at_each_iterate():
@@ -271,18 +271,18 @@ def test_majority_vote_and_worst_case_scoring():
     assert torch.equal(majority_vote(torch.tensor([[1, 2], [1, 0], [3, 0], [3, 2]]), 4), torch.tensor([1, 0]))
 
     class Scripted(nn.Module):
-        """Sample k (noise seed -> k via a lookup) predicts scripted[k]."""
+        """The row with the noise seed of sample k of image b (a lookup) predicts scripted[k, b]."""
 
-        def __init__(self, scripted: torch.Tensor, seed_to_sample: dict[int, int]) -> None:
+        def __init__(self, scripted: torch.Tensor, seed_to_sample: dict[int, tuple[int, int]]) -> None:
             super().__init__()
             self.scripted, self.seed_to_sample = scripted, seed_to_sample
 
         def forward(self, x: torch.Tensor, noise_seeds: Optional[torch.Tensor] = None) -> torch.Tensor:
-            k = self.seed_to_sample[int(noise_seeds[0])]
-            return F.one_hot(self.scripted[k], 3).float()
+            rows = [self.seed_to_sample[int(seed)] for seed in noise_seeds]
+            return F.one_hot(torch.stack([self.scripted[k, b] for k, b in rows]), 3).float()
 
     indices, y = torch.tensor([0, 1]), torch.tensor([0, 1])
-    seed_to_sample = {int(derive_seeds(9, indices, 2, 0, k)[0]): k for k in range(3)}
+    seed_to_sample = {int(derive_seeds(9, indices, 2, 0, k)[b]): (k, b) for k in range(3) for b in range(2)}
     scripted = torch.tensor([[0, 1], [2, 0], [0, 0]])  # image 0: right, wrong, right; image 1: right, wrong, wrong
     predictions, correct = score_samples(Scripted(scripted, seed_to_sample), torch.zeros(2, 1, 2, 2), y, indices, 9, 3)
     assert correct["single"].tolist() == [True, True]

@@ -21,14 +21,14 @@ def tiny_classifier(attribute: str = "Eyeglasses"):
                             Path("."))
 
 
-def cases() -> dict:
-    return torch.load(TINY / "cases.pt", weights_only=True)
+def cases(device: torch.device | str = "cpu") -> dict:
+    return torch.load(TINY / "cases.pt", weights_only=True, map_location=device)
 
 
 @pytest.mark.parametrize("attribute", ["Eyeglasses", "Smiling"])
-def test_tiny_classifier_matches_reference_logits(attribute):
-    model = tiny_classifier(attribute)
-    case = cases()
+def test_tiny_classifier_matches_reference_logits(attribute, device):
+    model = tiny_classifier(attribute).to(device)
+    case = cases(device)
     with torch.no_grad():
         logits = model(case["x_u8"].float() / 255.0)
     assert (logits - case["logits"]).abs().max() <= 1e-5 * case["logits"].abs().max()
@@ -58,9 +58,9 @@ def test_real_classifier_key_list_loads_on_meta_device():
     assert params == {entry[0] for entry in reference["keys"] if entry[3] == "param"}
 
 
-def test_larger_inputs_are_box_averaged_to_the_net_resolution():
-    model = tiny_classifier()
-    x = cases()["x_u8"].float() / 255.0
+def test_larger_inputs_are_box_averaged_to_the_net_resolution(device):
+    model = tiny_classifier().to(device)
+    x = cases(device)["x_u8"].float() / 255.0
     with torch.no_grad():
         upsampled = model(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
         direct = model(x)
@@ -69,9 +69,9 @@ def test_larger_inputs_are_box_averaged_to_the_net_resolution():
         model(x[..., :200, :200])
 
 
-def test_input_gradient_flows():
-    model = tiny_classifier()
-    x = (cases()["x_u8"].float() / 255.0).requires_grad_(True)
+def test_input_gradient_flows(device):
+    model = tiny_classifier().to(device)
+    x = (cases(device)["x_u8"].float() / 255.0).requires_grad_(True)
     (grad,) = torch.autograd.grad(model(x)[:, 1].sum(), x)
     assert grad.abs().sum() > 0
 

@@ -34,21 +34,21 @@ def tiny_backbone():
     return load_ddpm_backbone(DDPMConfig(unet=tiny_config()), DATA / "model.pt", sde)
 
 
-def load(name: str) -> dict:
-    return torch.load(DATA / name, weights_only=True)
+def load(name: str, device: torch.device | str = "cpu") -> dict:
+    return torch.load(DATA / name, weights_only=True, map_location=device)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_tiny_unet_matches_reference_output():
-    net = load_ddpm_unet(tiny_config(), DATA / "model.pt")
+def test_tiny_unet_matches_reference_output(device):
+    net = load_ddpm_unet(tiny_config(), DATA / "model.pt").to(device)
     case = load("cases.pt")
     assert torch.equal(sinusoidal_embedding(case["t"], net.config.ch), case["temb_sinusoidal"])
     with torch.no_grad():
-        out = net(case["x"], case["t"])
-    assert rel_err(out, case["out"]) <= 1e-5
+        out = net(case["x"].to(device), case["t"].to(device))
+    assert rel_err(out.cpu(), case["out"]) <= 1e-5
     assert sum(p.numel() for p in net.parameters()) == json.loads((DATA / "config.json").read_text())["n_params"]
 
 
@@ -78,24 +78,24 @@ def test_config_rejects_nonconvolutional_resampling():
         from_dict(DDPMUNetConfig, {"resamp_with_conv": False})
 
 
-def test_registered_backbone_is_a_vp_backbone_with_the_discrete_time_map(tmp_path):
+def test_registered_backbone_is_a_vp_backbone_with_the_discrete_time_map(tmp_path, device):
     config = BackboneConfig(name="ddpm", checkpoint=str(DATA / "model.pt"),
                             model={"unet": dataclasses.asdict(tiny_config())})
-    backbone = build_backbone(config, tmp_path)
-    x = load("cases.pt")["x"][:2]
-    t = torch.tensor([0.1, 0.5])
+    backbone = build_backbone(config, tmp_path).to(device)
+    x = load("cases.pt", device)["x"][:2]
+    t = torch.tensor([0.1, 0.5], device=device)
     with torch.no_grad():
         eps = backbone.epsilon(x, t)
         expected = backbone.step_epsilon(x, backbone.model_step(t))
         score = backbone(x, t)
     assert torch.equal(eps, expected)
     assert torch.allclose(score, -eps / backbone.sde.marginal_std(t).view(-1, 1, 1, 1))
-    assert abs(float(backbone.model_step(torch.tensor(0.5))) - 499.0) < 1.0
+    assert abs(float(backbone.model_step(torch.tensor(0.5, device=device))) - 499.0) < 1.0
 
 
-def test_reverse_only_runs_on_the_ddpm_backbone():
-    purifier = DiffusionPurifier(tiny_backbone(), PurifierConfig(name="reverse_only", t_star=0.02, dt=0.01))
-    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def test_reverse_only_runs_on_the_ddpm_backbone(device):
+    purifier = DiffusionPurifier(tiny_backbone(), PurifierConfig(name="reverse_only", t_star=0.02, dt=0.01)).to(device)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         out = purifier(x, torch.tensor([3]))
     assert out.shape == x.shape and bool(((out >= 0) & (out <= 1)).all())
@@ -111,9 +111,9 @@ def test_schedule_tables_match_the_official_runner():
     assert purifier.n_steps == ref["purify_t"] == 6
 
 
-def test_single_reverse_steps_match_reference():
-    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig())
-    ref = load("purify_cases.pt")
+def test_single_reverse_steps_match_reference(device):
+    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig()).to(device)
+    ref = load("purify_cases.pt", device)
     with torch.no_grad():
         out = torch.cat([purifier.reverse_step(ref["step_x_t"][b:b + 1], int(ref["step_t"][b]),
                                                ref["step_noise"][b:b + 1]) for b in range(len(ref["step_t"]))])
@@ -125,9 +125,9 @@ def stored_noise(ref: dict):
     return lambda k: ref["purify_forward_noise"] if k == 0 else ref["purify_step_noise"][k - 1]
 
 
-def test_six_step_purification_matches_reference():
-    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig(t_star=0.006))
-    ref = load("purify_cases.pt")
+def test_six_step_purification_matches_reference(device):
+    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig(t_star=0.006)).to(device)
+    ref = load("purify_cases.pt", device)
     noise = stored_noise(ref)
     with torch.no_grad():
         x_start = purifier.forward_noise(2.0 * ref["purify_x01"] - 1.0, noise(0))
@@ -137,24 +137,24 @@ def test_six_step_purification_matches_reference():
     assert (2.0 * out - 1.0 - ref["purify_out_m11"]).abs().max() <= 2e-5
 
 
-def test_input_gradient_matches_finite_differences():
-    purifier = AncestralPurifier(tiny_backbone().double(), AncestralConfig(t_star=0.003))
+def test_input_gradient_matches_finite_differences(device):
+    purifier = AncestralPurifier(tiny_backbone().double(), AncestralConfig(t_star=0.003)).to(device)
     gen = torch.Generator().manual_seed(0)
-    x = 0.2 + 0.6 * torch.rand(1, 3, 32, 32, generator=gen, dtype=torch.float64)
-    w = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    x = (0.2 + 0.6 * torch.rand(1, 3, 32, 32, generator=gen, dtype=torch.float64)).to(device)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
     seeds = torch.tensor([11])
     x_in = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad((purifier(x_in, seeds) * w).sum(), x_in)
-    direction = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    direction = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
     h = 1e-5
     with torch.no_grad():
         diff = ((purifier(x + h * direction, seeds) - purifier(x - h * direction, seeds)) * w).sum() / (2 * h)
     assert float((grad * direction).sum()) == pytest.approx(float(diff), rel=1e-6)
 
 
-def test_checkpointed_gradient_equals_plain_backprop():
-    backbone = tiny_backbone()
-    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+def test_checkpointed_gradient_equals_plain_backprop(device):
+    backbone = tiny_backbone().to(device)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
     grads = []
     for checkpoint in (True, False):
         purifier = AncestralPurifier(backbone, AncestralConfig(t_star=0.003, checkpoint=checkpoint))
@@ -164,9 +164,9 @@ def test_checkpointed_gradient_equals_plain_backprop():
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
-def test_noise_is_per_image_and_seeded():
-    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig(t_star=0.002))
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+def test_noise_is_per_image_and_seeded(device):
+    purifier = AncestralPurifier(tiny_backbone(), AncestralConfig(t_star=0.002)).to(device)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
     with torch.no_grad():
         pair = purifier(x, torch.tensor([7, 8]))
         single = purifier(x[1:], torch.tensor([8]))

@@ -88,9 +88,9 @@ def test_predict_abstains_on_a_tie_and_predicts_a_clear_winner():
     assert predict_from_counts(np.array([2, 90, 8]), 0.001) == 1
 
 
-def test_noise_is_per_image_and_batch_independent():
+def test_noise_is_per_image_and_batch_independent(device):
     spec = SmoothingSpec(sigma=0.3, num_classes=10, n0=5, n=37, batch=4)
-    x = torch.full((1, 8, 8), 0.5)
+    x = torch.full((1, 8, 8), 0.5, device=device)
     model = NoiseArgmaxClassifier()
     first = predict(model, x, 4, spec)
     counts = [sample_counts(model, x, sample_seeds(0, 4, 2, 37), 0.3, 10, batch) for batch in (1, 7, 37)]
@@ -111,11 +111,12 @@ def test_vp_level_solves_alpha_squared_equals_one_over_one_plus_four_sigma_squar
     assert level.t == pytest.approx(float(t_star), rel=1e-14)
 
 
-def test_one_shot_denoiser_is_the_gaussian_posterior_mean():
+def test_one_shot_denoiser_is_the_gaussian_posterior_mean(device):
     backbone = gaussian_backbone(mu=0.1, sigma0=0.3)
     sigma = 0.25
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x_noisy = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_noisy = (x + sigma * noise).to(device)
     level = noise_level(backbone, 2 * sigma)
     alpha, var0 = level.alpha, 0.3**2
     x_t = alpha * (2 * x_noisy - 1)
@@ -135,28 +136,28 @@ def tiny_guided_backbone(schedule) -> GuidedDiffusionBackbone:
 
 @pytest.mark.parametrize("schedule, steps", [(ADM_IMAGENET256_SCHEDULE, (70, 145, 259, 396)),
                                              (IMPROVED_CIFAR10_SCHEDULE, (573, 1158, 1984, 2809))])
-def test_discrete_level_takes_diffsmooths_step_and_calls_the_net_there(schedule, steps):
-    backbone = tiny_guided_backbone(schedule)
+def test_discrete_level_takes_diffsmooths_step_and_calls_the_net_there(schedule, steps, device):
+    backbone = tiny_guided_backbone(schedule).to(device)
     reference = DiscreteSchedule.from_config(schedule)
-    assert torch.allclose(schedule_of(backbone).alphas_cumprod, reference.alphas_cumprod, rtol=1e-12, atol=0)
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(schedule_of(backbone).alphas_cumprod.cpu(), reference.alphas_cumprod, rtol=1e-12, atol=0)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
     for sigma, step in zip((0.12, 0.25, 0.5, 1.0), steps):
         level = noise_level(backbone, 2 * sigma)
         alpha_bar = float(reference.alphas_cumprod[step])
         assert level.alpha == pytest.approx(math.sqrt(alpha_bar), rel=1e-12) and f"k={step}" in level.description
         x_t = level.alpha * (2 * x - 1)
         with torch.no_grad():
-            eps = backbone.net(x_t, torch.full((2,), step * reference.timestep_scale))[:, :3]
+            eps = backbone.net(x_t, torch.full((2,), step * reference.timestep_scale, device=device))[:, :3]
             expected = ((x_t - math.sqrt(1 - alpha_bar) * eps) / level.alpha).clamp(-1, 1)
             assert torch.allclose(one_shot_denoise(backbone, x, level), (expected + 1) / 2, atol=1e-4)
 
 
-def test_local_smoothing_reuses_the_seeded_noise_and_averages_softmax():
-    backbone, classifier = gaussian_backbone(), TinyClassifier(16, num_classes=3)
-    model = DiffSmooth(backbone, classifier, sigma=0.25, image_shape=(1, 4, 4), m=4, local_sigma=0.1)
-    expected_noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(42)) * 0.1
+def test_local_smoothing_reuses_the_seeded_noise_and_averages_softmax(device):
+    backbone, classifier = gaussian_backbone(), TinyClassifier(16, num_classes=3).to(device)
+    model = DiffSmooth(backbone, classifier, sigma=0.25, image_shape=(1, 4, 4), m=4, local_sigma=0.1).to(device)
+    expected_noise = (torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(42)) * 0.1).to(device)
     assert torch.equal(model.local_noise, expected_noise)
-    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(3)).to(device)
     with torch.no_grad():
         out = model(x)
         x0 = model.denoise(x)

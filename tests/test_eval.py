@@ -71,21 +71,22 @@ def bare_classifier_hits(num_sub: int) -> list[bool]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted single-process, in-process run of RESUME_ARGS."""
+def reference(tmp_path_factory, eval_device_args) -> Path:
+    """An uninterrupted single-process, in-process run of RESUME_ARGS on the test device."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("reference")
-    assert eval_sde_adv.main([*RESUME_ARGS, "--output_dir", str(root)]) == 0
+    assert eval_sde_adv.main([*RESUME_ARGS, *eval_device_args, "--output_dir", str(root)]) == 0
     torch.set_num_threads(threads)
     return run_dir_of(root)
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPT_CASES))
-def test_run_script_end_to_end(script, tmp_path):
+def test_run_script_end_to_end(script, tmp_path, eval_device_args):
     purifier, key, version, norm = SCRIPT_CASES[script]
     bare = " --evaluate_classifier" if key == "pgd_eot" else ""
-    env = subprocess_env(CONFIG="configs/tiny.yml", EXTRA_ARGS=f"--output_dir {tmp_path} --num_sub 2{bare}")
+    extra = " ".join([f"--output_dir {tmp_path} --num_sub 2{bare}", *eval_device_args])
+    env = subprocess_env(CONFIG="configs/tiny.yml", EXTRA_ARGS=extra)
     done = subprocess.run(["bash", str(SCRIPTS / script), "7", "0"], cwd="/", env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -138,8 +139,9 @@ def test_scripts_read_the_paper_config_and_pick_purifier_and_backend(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_sigkill_then_rerun_equals_uninterrupted_run(reference, tmp_path):
-    command = [sys.executable, str(REPO / "eval_sde_adv.py"), *RESUME_ARGS, "--output_dir", str(tmp_path)]
+def test_sigkill_then_rerun_equals_uninterrupted_run(reference, tmp_path, eval_device_args):
+    args = [*RESUME_ARGS, *eval_device_args, "--output_dir", str(tmp_path)]
+    command = [sys.executable, str(REPO / "eval_sde_adv.py"), *args]
     child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:
@@ -154,16 +156,16 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, tmp_path):
     run_dir = run_dir_of(tmp_path)
     written = len((run_dir / "results.jsonl").read_text().splitlines())
     assert 2 <= written < 6, "the child must be killed after its first batch and before its last"
-    assert eval_sde_adv.main([*RESUME_ARGS, "--output_dir", str(tmp_path)]) == 0
+    assert eval_sde_adv.main(args) == 0
     assert set(lines_per_index(run_dir).values()) == {1}
     assert outcomes(run_dir) == outcomes(reference)
     assert json.loads((run_dir / "summary.json").read_text())["accuracy"] == \
         json.loads((reference / "summary.json").read_text())["accuracy"]
 
 
-def test_torchrun_two_processes_equal_one(reference, tmp_path):
+def test_torchrun_two_processes_equal_one(reference, tmp_path, eval_device_args):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "eval_sde_adv.py"), *RESUME_ARGS, "--output_dir", str(tmp_path)]
+               str(REPO / "eval_sde_adv.py"), *RESUME_ARGS, *eval_device_args, "--output_dir", str(tmp_path)]
     done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = run_dir_of(tmp_path)
@@ -175,7 +177,7 @@ def test_torchrun_two_processes_equal_one(reference, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2
 
 
-def test_records_carry_noise_dependent_continuous_values(reference):
+def test_records_carry_noise_dependent_continuous_values(reference, device):
     """The resume / sharding comparisons see the purification noise: the purified sum differs between images and
     is reproduced by purifying with the record's own clean-noise seed."""
     records = read_records(reference)
@@ -183,10 +185,11 @@ def test_records_carry_noise_dependent_continuous_values(reference):
     experiment = load_experiment(TINY, {"data.num_sub": 6})
     images = load_images(experiment.file.data, experiment.base_dir)
     defended, _ = build_models(experiment)
+    defended.to(device)
     first = records[int(images.indices[0])]
     seeds = torch.tensor([first.seeds["clean_noise"], first.seeds["clean_noise"] + 1])
     with torch.no_grad():
-        purified = defended.purifier(images.x[:1].expand(2, -1, -1, -1), seeds)
+        purified = defended.purifier(images.x[:1].to(device).expand(2, -1, -1, -1), seeds)
         logits = defended.classifier(purified[:1])[0]
     assert float(purified[0].double().sum()) == pytest.approx(first.purified_sum, rel=1e-6)
     assert float(purified[1].double().sum()) != pytest.approx(first.purified_sum, rel=1e-6)
@@ -196,7 +199,7 @@ def test_records_carry_noise_dependent_continuous_values(reference):
     assert (margin > 0) == first.clean["defended"]["correct"]
 
 
-def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
+def test_resume_from_a_hand_written_half_batch(reference, tmp_path, eval_device_args):
     """Batch 0 written, batch 1 holds only its first image: the rerun keeps batch 0 and redoes all of batch 1."""
     run_dir = tmp_path / reference.name
     run_dir.mkdir()
@@ -205,20 +208,20 @@ def test_resume_from_a_hand_written_half_batch(reference, tmp_path):
     kept = [json.loads(line) for line in lines if json.loads(line)["batch"] == 0]
     half = [json.loads(line) for line in lines if json.loads(line)["batch"] == 1][:1]
     (run_dir / "results.jsonl").write_text("".join(json.dumps({**r, "written_at": 1}) + "\n" for r in kept + half))
-    assert eval_sde_adv.main([*RESUME_ARGS, "--output_dir", str(tmp_path)]) == 0
+    assert eval_sde_adv.main([*RESUME_ARGS, *eval_device_args, "--output_dir", str(tmp_path)]) == 0
     records = read_records(run_dir)
     assert {i for i, r in records.items() if r.written_at == 1} == {r["index"] for r in kept}
     assert lines_per_index(run_dir)[half[0]["index"]] == 2 and sum(lines_per_index(run_dir).values()) == 7
     assert outcomes(run_dir) == outcomes(reference)
 
 
-def test_batch_size_changes_no_clean_record(reference, tmp_path):
+def test_batch_size_changes_no_clean_record(reference, tmp_path, eval_device_args):
     """Clean purification noise is seeded per image: batches of 3 instead of 2 give the same clean values.
 
     Predictions are equal; the continuous values agree to float32 round-off (a batch of another size may sum in
     another order), far below what another noise draw moves them (test_records_carry_noise_dependent_continuous_values).
     """
-    args = [*RESUME_ARGS, "--output_dir", str(tmp_path), "--adv_batch_size", "3"]
+    args = [*RESUME_ARGS, *eval_device_args, "--output_dir", str(tmp_path), "--adv_batch_size", "3"]
     assert eval_sde_adv.main(args) == 0
     batched, reference_records = read_records(run_dir_of(tmp_path)), read_records(reference)
 
@@ -283,10 +286,10 @@ def test_batches_are_fixed_and_shards_partition_pending_work():
     assert [[b.number for b in s] for s in shards] == [[3], [1], [2]]
 
 
-def test_unseeded_purifier_noise_restarts_per_batch():
+def test_unseeded_purifier_noise_restarts_per_batch(device):
     defended, classifier = build_models(load_experiment(TINY))
-    models = make_models(defended, classifier, torch.device("cpu"))
-    x = torch.full((1, 3, 32, 32), 0.5)
+    models = make_models(defended, classifier, device)
+    x = torch.full((1, 3, 32, 32), 0.5, device=device)
     with torch.no_grad():
         reseed_unseeded_noise(models.defended, 5)
         first = models.defended.purifier(x)
@@ -342,8 +345,9 @@ def test_data_channels_repeat_the_gray_channel():
     assert torch.equal(rgb.x, gray.x.expand(-1, 3, -1, -1)) and torch.equal(rgb.indices, gray.indices)
 
 
-def test_examples_hold_clean_adversarial_and_purified_images(tmp_path):
-    args = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path), "--set", "eval.save_examples=2"]
+def test_examples_hold_clean_adversarial_and_purified_images(tmp_path, eval_device_args):
+    args = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path), "--set", "eval.save_examples=2",
+            *eval_device_args]
     assert eval_sde_adv.main(args) == 0
     examples = torch.load(run_dir_of(tmp_path) / "examples.pt", weights_only=True)
     assert examples["x"].shape == (2, 3, 32, 32) and examples["purified"].shape == (2, 3, 32, 32)
@@ -354,11 +358,11 @@ def test_examples_hold_clean_adversarial_and_purified_images(tmp_path):
     assert torch.equal(examples["indices"], load_images(experiment.file.data, experiment.base_dir).indices[:2])
 
 
-def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys):
+def test_report_merges_defenses_into_one_table_and_figure(tmp_path, capsys, eval_device_args):
     from evaluation import report
 
     base = ["--config", str(TINY), "--attack", "pgd_eot", "--output_dir", str(tmp_path / "runs"),
-            "--set", "eval.save_examples=1", "--num_sub", "2"]
+            "--set", "eval.save_examples=1", "--num_sub", "2", *eval_device_args]
     for purifier in ("coup", "none"):
         assert eval_sde_adv.main([*base, "--purifier", purifier]) == 0
     capsys.readouterr()

@@ -226,8 +226,8 @@ def test_speed_main(tiny_config: Path, tmp_path: Path, figures):
     check_figure(figures[-1], [6])  # 3 methods x (purify, gradient), t-interval error bars
 
 
-def test_salt_and_pepper_is_seeded_per_image_nested_and_of_the_right_amount():
-    x = torch.full((3, 2, 64, 64), 0.5)
+def test_salt_and_pepper_is_seeded_per_image_nested_and_of_the_right_amount(device):
+    x = torch.full((3, 2, 64, 64), 0.5, device=device)
     seeds = torch.tensor([11, 12, 13])
     assert torch.equal(salt_and_pepper(x, 0.0, seeds), x)
     noisy = salt_and_pepper(x, 0.2, seeds)

@@ -227,12 +227,12 @@ def test_sigint_in_a_child_process_exits_130_with_one_line(tmp_path):
     assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr
 
 
-def test_batch_size_2_and_4_give_identical_per_image_records(tmp_path):
+def test_batch_size_2_and_4_give_identical_per_image_records(tmp_path, eval_device_args):
     runs = {}
     for size in (2, 4):
         out = tmp_path / f"b{size}"
         args = ["--config", str(TINY), "--attack", "pgd_eot", "--attack", "bpda_eot", "--num_sub", "4",
-                "--adv_batch_size", str(size), "--output_dir", str(out)]
+                "--adv_batch_size", str(size), "--output_dir", str(out), *eval_device_args]
         assert eval_sde_adv.main(args) == 0
         records = results.read_records(first_run_dir(out))
         runs[size] = {i: (r.label, r.seeds, r.clean, r.purified_range, r.attacks) for i, r in records.items()}

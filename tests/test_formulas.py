@@ -100,11 +100,11 @@ def test_hand_alpha_bar_is_the_tabulated_value():
     assert abs(hand_alpha_bar(100) - alpha(0.1) ** 2) > 5e-4  # the continuous alpha^2 is a different number
 
 
-def test_diffpure_output_is_discrete_forward_noise_then_one_reverse_step():
+def test_diffpure_output_is_discrete_forward_noise_then_one_reverse_step(device):
     t_star, seeds = 0.1, [21, 22]
-    purifier = one_step_purifier("diffpure", t_star)
+    purifier = one_step_purifier("diffpure", t_star).to(device)
     x = images(2)
-    out = purifier(x, torch.tensor(seeds))
+    out = purifier(x.to(device), torch.tensor(seeds)).cpu()
     abar, (tau, h) = hand_alpha_bar(100), (t_star, t_star - 1e-5)
     for b, seed in enumerate(seeds):
         eps, z = noise_rows(seed, 2)
@@ -115,19 +115,19 @@ def test_diffpure_output_is_discrete_forward_noise_then_one_reverse_step():
 
 
 @pytest.mark.parametrize("label_mode", ["argmax", "input", "given"])
-def test_coup_output_is_one_guided_step_then_clamp(label_mode):
+def test_coup_output_is_one_guided_step_then_clamp(label_mode, device):
     t_star, scale, seeds = 0.3, 1.5, [5, 6, 7]
-    purifier = one_step_purifier("coup", t_star, guidance_scale=scale, label_mode=label_mode)
+    purifier = one_step_purifier("coup", t_star, guidance_scale=scale, label_mode=label_mode).to(device)
     classifier = purifier.guidance_classifier
-    x = images(3)
-    given = torch.tensor([2, 0, 1])
+    x = images(3).to(device)
+    given = torch.tensor([2, 0, 1], device=device)
     out = purifier(x, torch.tensor(seeds), labels=given if label_mode == "given" else None)
     tau, h = t_star, t_star - 1e-5
     x0 = 2.0 * x - 1.0
     labels = {"argmax": classifier((x0 + 1) / 2).argmax(1), "input": classifier(x).argmax(1), "given": given}
     guidance = hand_log_prob_grad(classifier, x0, labels[label_mode])
     for b, seed in enumerate(seeds):
-        z = noise_rows(seed, 2)[1]
+        z = noise_rows(seed, 2)[1].to(device)
         score = gaussian_score(x0[b], tau) + scale * guidance[b]
         expected = (hand_reverse_step(x0[b], tau, h, score, z).clamp(-1.0, 1.0) + 1.0) / 2.0
         assert torch.allclose(out[b], expected, rtol=0, atol=1e-12)
@@ -135,11 +135,11 @@ def test_coup_output_is_one_guided_step_then_clamp(label_mode):
 
 
 @pytest.mark.parametrize("label_mode", ["argmax", "input", "given"])
-def test_guided_score_equals_lambda_times_grad_log_softmax(label_mode):
+def test_guided_score_equals_lambda_times_grad_log_softmax(label_mode, device):
     """s + lambda * 1/2 (W[:, y] - W p) at x_t, with y the label each mode picks (fixed labels != argmax at x_t)."""
-    classifier, backbone, scale = LinearClassifier(), gaussian_backbone(MU, SIGMA0), 0.7
-    x = 2.0 * images(4, seed=3) - 1.0
-    t = torch.full((4,), 0.2, dtype=torch.float64)
+    classifier, backbone, scale = LinearClassifier().to(device), gaussian_backbone(MU, SIGMA0), 0.7
+    x = (2.0 * images(4, seed=3) - 1.0).to(device)
+    t = torch.full((4,), 0.2, dtype=torch.float64, device=device)
     at_x = classifier((x + 1) / 2).argmax(1)
     fixed = (at_x + 1) % NUM_CLASSES
     guided = GuidedScore(backbone, classifier, scale, label_mode=label_mode, grad_mode="full")
@@ -150,23 +150,23 @@ def test_guided_score_equals_lambda_times_grad_log_softmax(label_mode):
     assert torch.allclose(backbone(x, t), gaussian_score(x, 0.2), rtol=0, atol=1e-12)
 
 
-def test_label_rules_fix_the_label_at_the_input_or_pick_it_per_step():
-    classifier = LinearClassifier()
-    x = images(4, seed=3)
+def test_label_rules_fix_the_label_at_the_input_or_pick_it_per_step(device):
+    classifier = LinearClassifier().to(device)
+    x = images(4, seed=3).to(device)
     guided = {mode: GuidedScore(gaussian_backbone(), classifier, 1.0, label_mode=mode)
               for mode in ("argmax", "input", "given")}
     assert guided["argmax"].path_labels(x, None) is None
     assert torch.equal(guided["input"].path_labels(x, None), classifier(x).argmax(1))
-    given = torch.tensor([1, 1, 0, 2])
+    given = torch.tensor([1, 1, 0, 2], device=device)
     assert torch.equal(guided["given"].path_labels(x, given), given)
 
 
 @pytest.mark.parametrize("solver", [solve_exact, solve_torchsde])
-def test_one_reverse_step_is_the_vp_closed_form(solver):
+def test_one_reverse_step_is_the_vp_closed_form(solver, device):
     backbone, tau, dt = gaussian_backbone(MU, SIGMA0), 0.4, 0.15
     grid = TimeGrid.reverse(tau, dt, t_end=tau - dt)
-    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64).view(1, *SHAPE)
-    z = torch.linspace(-2.0, 2.0, 6, dtype=torch.float64).view(1, 1, *SHAPE)
+    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64, device=device).view(1, *SHAPE)
+    z = torch.linspace(-2.0, 2.0, 6, dtype=torch.float64, device=device).view(1, 1, *SHAPE)
     with torch.no_grad():
         out = solver(backbone.sde, backbone, x, grid, z)
     expected = hand_reverse_step(x, tau, dt, gaussian_score(x, tau), z[0])
@@ -194,12 +194,13 @@ def continuous_gain(t_star: float, t_end: float = 1e-5, n: int = 20000) -> float
     return math.exp(sum(h * (rate(lo) + 4.0 * rate(lo + h / 2) + rate(hi)) / 6.0 for lo, hi in zip(taus, taus[1:])))
 
 
-def diffpure_input_gradient(backend: str, dt: float) -> tuple[torch.Tensor, torch.Tensor, DiffusionPurifier]:
-    """(grad_x sum(w * purifier(x)), w, purifier): DiffPure on Gaussian data, t* 0.1, float64."""
+def diffpure_input_gradient(backend: str, dt: float,
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, DiffusionPurifier]:
+    """(grad_x sum(w * purifier(x)), w, purifier): DiffPure on Gaussian data, t* 0.1, float64, on `device`."""
     config = PurifierConfig(name="diffpure", t_star=0.1, dt=dt, backend=backend)
-    purifier = DiffusionPurifier(gaussian_backbone(MU, SIGMA0), config)
-    x = (0.4 + 0.2 * images(2)).requires_grad_(True)
-    w = torch.linspace(-1.0, 2.0, x.numel(), dtype=torch.float64).view_as(x)
+    purifier = DiffusionPurifier(gaussian_backbone(MU, SIGMA0), config).to(device)
+    x = (0.4 + 0.2 * images(2)).to(device).requires_grad_(True)
+    w = torch.linspace(-1.0, 2.0, x.numel(), dtype=torch.float64, device=device).view_as(x)
     (grad,) = torch.autograd.grad((purifier(x, torch.tensor([1, 2])) * w).sum(), x)
     return grad, w, purifier
 
@@ -209,23 +210,23 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value - reference).norm() / reference.norm())
 
 
-def test_exact_gradient_is_the_product_of_the_euler_step_factors():
+def test_exact_gradient_is_the_product_of_the_euler_step_factors(device):
     """On Gaussian data the discrete solver is affine in x: d out / d x = sqrt(abar) prod_k (...) (2 * 1/2)."""
-    grad, w, purifier = diffpure_input_gradient("exact", 0.01)
+    grad, w, purifier = diffpure_input_gradient("exact", 0.01, device)
     expected = math.sqrt(hand_alpha_bar(100)) * linear_step_product(purifier.grid) * w
     assert relative_error(grad, expected) < 1e-12
 
 
-def test_adjoint_gradient_converges_to_the_linear_sde_closed_form():
+def test_adjoint_gradient_converges_to_the_linear_sde_closed_form(device):
     """torchsde's Euler adjoint approximates the continuous gain exp(int ...) to O(dt), in scale and direction."""
     errors = []
     for dt in (1e-3, 5e-4):
-        grad, w, _ = diffpure_input_gradient("torchsde", dt)
+        grad, w, _ = diffpure_input_gradient("torchsde", dt, device)
         errors.append(relative_error(grad, math.sqrt(hand_alpha_bar(100)) * continuous_gain(0.1) * w))
     assert errors[0] < 5e-3 and errors[1] < 0.6 * errors[0]
 
 
-def test_score_sde_backbone_calls_the_net_at_999_t():
+def test_score_sde_backbone_calls_the_net_at_999_t(device):
     seen = []
 
     class Net(nn.Module):
@@ -234,8 +235,9 @@ def test_score_sde_backbone_calls_the_net_at_999_t():
             return torch.ones_like(x)
 
     backbone = ScoreSDEBackbone(Net(), VPSDE(BETA_MIN, BETA_MAX, 1000))
-    x = torch.zeros(2, *SHAPE, dtype=torch.float64)
-    score = backbone(x, torch.tensor([0.1, 0.5], dtype=torch.float64))
-    assert torch.allclose(seen[0], torch.tensor([99.9, 499.5], dtype=torch.float64))
-    sigma = torch.tensor([math.sqrt(1 - alpha(0.1) ** 2), math.sqrt(1 - alpha(0.5) ** 2)], dtype=torch.float64)
+    x = torch.zeros(2, *SHAPE, dtype=torch.float64, device=device)
+    score = backbone(x, torch.tensor([0.1, 0.5], dtype=torch.float64, device=device))
+    assert torch.allclose(seen[0], torch.tensor([99.9, 499.5], dtype=torch.float64, device=device))
+    sigma = torch.tensor([math.sqrt(1 - alpha(0.1) ** 2), math.sqrt(1 - alpha(0.5) ** 2)], dtype=torch.float64,
+                         device=device)
     assert torch.allclose(score, -1.0 / sigma.view(2, 1, 1, 1).expand_as(x), rtol=1e-12)

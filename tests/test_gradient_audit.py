@@ -80,12 +80,13 @@ def test_cosine_and_ratio():
     assert abs(cosine_and_ratio(torch.tensor([0.0, 1.0]), g)["cosine"]) < 1e-12
 
 
-def test_audit_of_a_guided_toy_purifier_reports_every_comparison():
+def test_audit_of_a_guided_toy_purifier_reports_every_comparison(device):
     config = PurifierConfig(name="coup", t_star=0.05, dt=0.01, grad_mode="full")
     purifier = DiffusionPurifier(gaussian_backbone(), config, TinyClassifier(4).double())
-    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double()).double().eval()
-    x = torch.full((1, 1, 2, 2), 0.45, dtype=torch.float64)
-    (record,) = audit_images(model, x, torch.tensor([1]), torch.tensor([7]), seed=0, n_random=2, tolerance=1e-4)
+    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double()).double().eval().to(device)
+    x = torch.full((1, 1, 2, 2), 0.45, dtype=torch.float64, device=device)
+    (record,) = audit_images(model, x, torch.tensor([1], device=device), torch.tensor([7]), seed=0, n_random=2,
+                             tolerance=1e-4)
     assert record["exact_vs_fd"]["ok"] and len(record["exact_vs_fd"]["checks"]) == 3  # every direction passes
     assert record["adjoint_vs_exact"]["cosine"] > 0.9  # the smooth Gaussian score: the adjoint is close
     assert record["detached_vs_full"]["cosine"] < 1.0

@@ -27,8 +27,8 @@ def tiny_config(name: str, **changes) -> UNetConfig:
     return from_dict(UNetConfig, {**data, **changes})
 
 
-def cases(name: str) -> dict[str, torch.Tensor]:
-    return torch.load(DATA / name / "cases.pt", weights_only=True)
+def cases(name: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return torch.load(DATA / name / "cases.pt", weights_only=True, map_location=device)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -36,9 +36,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_unet_matches_reference_output(name):
-    net = load_unet(tiny_config(name), DATA / name / "model.pt")
-    case = cases(name)
+def test_tiny_unet_matches_reference_output(name, device):
+    net = load_unet(tiny_config(name), DATA / name / "model.pt").to(device)
+    case = cases(name, device)
     with torch.no_grad():
         out = net(case["x"], case["timesteps"])
     assert out.shape == case["out"].shape
@@ -64,7 +64,7 @@ def test_full_size_state_dict_names_and_shapes(keys_file, preset, n_params):
     assert sum(p.numel() for p in net.parameters()) == n_params
 
 
-def test_new_attention_order_is_a_permutation_of_qkv():
+def test_new_attention_order_is_a_permutation_of_qkv(device):
     name = "adm_tiny"
     state = torch.load(DATA / name / "model.pt", weights_only=True)
     config = tiny_config(name, use_new_attention_order=True)
@@ -73,23 +73,23 @@ def test_new_attention_order_is_a_permutation_of_qkv():
             channels = value.shape[0] // 3
             heads = channels // config.num_head_channels
             state[key] = value.reshape(heads, 3, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
-    net = UNetModel(config).eval()
+    net = UNetModel(config).eval().to(device)
     net.load_state_dict(state)
-    case = cases(name)
+    case = cases(name, device)
     with torch.no_grad():
         assert rel_err(net(case["x"], case["timesteps"]), case["out"]) <= 1e-5
 
 
-def test_gradient_checkpointing_gives_same_output_and_gradient():
+def test_gradient_checkpointing_gives_same_output_and_gradient(device):
     name = "improved_diffusion_tiny"
     state = torch.load(DATA / name / "model.pt", weights_only=True)
-    x = cases(name)["x"][:1]
+    x = cases(name, device)["x"][:1]
     grads = []
     for use_checkpoint in (False, True):
-        net = UNetModel(tiny_config(name, use_checkpoint=use_checkpoint)).eval()
+        net = UNetModel(tiny_config(name, use_checkpoint=use_checkpoint)).eval().to(device)
         net.load_state_dict(state)
         xg = x.clone().requires_grad_(True)
-        out = net(xg, torch.tensor([300.0]))
+        out = net(xg, torch.tensor([300.0], device=device))
         out.square().sum().backward()
         grads.append((out.detach(), xg.grad))
     assert torch.allclose(grads[0][0], grads[1][0], rtol=0, atol=1e-6)
@@ -148,12 +148,12 @@ class RecordingNet(nn.Module):
 
 
 @pytest.mark.parametrize("schedule", [ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR10_SCHEDULE])
-def test_adapter_score_is_minus_first_channels_over_sigma(schedule):
+def test_adapter_score_is_minus_first_channels_over_sigma(schedule, device):
     sde = VPSDE()
     discrete = DiscreteSchedule.from_config(schedule)
-    backbone = GuidedDiffusionBackbone(RecordingNet(), discrete, sde)
-    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([0.1, 0.5])
+    backbone = GuidedDiffusionBackbone(RecordingNet(), discrete, sde).to(device)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.tensor([0.1, 0.5], device=device)
     score = backbone(x, t)
     expected_steps = discrete.model_timesteps(backbone.model_step(t)).float()
     assert torch.equal(backbone.net.timesteps, expected_steps)
@@ -161,34 +161,36 @@ def test_adapter_score_is_minus_first_channels_over_sigma(schedule):
     sigma = sde.marginal_std(t)[:, None, None, None]
     assert torch.allclose(score, -eps / sigma, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        backbone(x, torch.tensor([0.0, 0.5]))
+        backbone(x.cpu(), torch.tensor([0.0, 0.5]))
 
 
 @pytest.mark.parametrize("schedule, steps", [
     (ADM_IMAGENET256_SCHEDULE, (0, 70, 99, 500, 990)),
     (IMPROVED_CIFAR10_SCHEDULE, (0, 573, 2000, 3500)),
 ])
-def test_timestep_mapping_is_monotone_and_matches_alpha_bar(schedule, steps):
+def test_timestep_mapping_is_monotone_and_matches_alpha_bar(schedule, steps, device):
     sde = VPSDE()
     discrete = DiscreteSchedule.from_config(schedule)
-    backbone = GuidedDiffusionBackbone(RecordingNet(), discrete, sde)
-    grid = torch.linspace(1e-4, 1.0, 2001)
+    backbone = GuidedDiffusionBackbone(RecordingNet(), discrete, sde).to(device)
+    grid = torch.linspace(1e-4, 1.0, 2001, device=device)
     assert bool((backbone.model_step(grid).diff() > 0).all())
     for k in steps:
         t_k = std_to_time(sde, math.sqrt(1.0 - float(discrete.alphas_cumprod[k])))
-        assert backbone.model_step(torch.tensor([t_k], dtype=torch.float64)).item() == pytest.approx(k, abs=1e-6)
+        t = torch.tensor([t_k], dtype=torch.float64, device=device)
+        assert backbone.model_step(t).item() == pytest.approx(k, abs=1e-6)
 
 
-def test_linear_schedule_step_is_close_to_1000t_minus_1():
-    backbone = GuidedDiffusionBackbone(RecordingNet(), DiscreteSchedule.from_config(ADM_IMAGENET256_SCHEDULE), VPSDE())
-    t = torch.linspace(1e-3, 0.5, 500, dtype=torch.float64)
+def test_linear_schedule_step_is_close_to_1000t_minus_1(device):
+    backbone = GuidedDiffusionBackbone(RecordingNet(), DiscreteSchedule.from_config(ADM_IMAGENET256_SCHEDULE),
+                                       VPSDE()).to(device)
+    t = torch.linspace(1e-3, 0.5, 500, dtype=torch.float64, device=device)
     assert float((backbone.model_step(t) - (1000 * t - 1)).abs().max()) < 0.6
 
 
-def test_alpha_bar_to_timestep_interpolates_log_alpha_bar():
-    alphas_cumprod = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
-    alpha_bar = torch.tensor([1.0, 0.9, math.sqrt(0.9 * 0.5), 0.1, 0.01], dtype=torch.float64)
-    expected = torch.tensor([-1.0, 0.0, 0.5, 2.0, 2.0], dtype=torch.float64)
+def test_alpha_bar_to_timestep_interpolates_log_alpha_bar(device):
+    alphas_cumprod = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64, device=device)
+    alpha_bar = torch.tensor([1.0, 0.9, math.sqrt(0.9 * 0.5), 0.1, 0.01], dtype=torch.float64, device=device)
+    expected = torch.tensor([-1.0, 0.0, 0.5, 2.0, 2.0], dtype=torch.float64, device=device)
     assert torch.allclose(alpha_bar_to_timestep(alphas_cumprod, alpha_bar), expected, atol=1e-12)
 
 

@@ -37,15 +37,16 @@ def reference(name: str) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("name, use_fir", [("ncsnpp_tiny", False), ("ncsnpp_tiny_fir", True)])
-def test_reproduces_official_outputs_and_scores(name: str, use_fir: bool) -> None:
+def test_reproduces_official_outputs_and_scores(name: str, use_fir: bool, device: torch.device) -> None:
     path, cases = reference(name)
-    net = load_score_model(tiny_config(fir=use_fir), path)
+    net = load_score_model(tiny_config(fir=use_fir), path).to(device)
     assert not net.training
+    x = cases["x"].to(device)
     with torch.inference_mode():
-        out = net(cases["x"], cases["labels"])
-        score = ScoreSDEBackbone(net, VPSDE(0.1, 20.0, 1000))(cases["x"], cases["t"])
-    assert rel_err(out, cases["net_out"]) <= 1e-5
-    assert rel_err(score, cases["score"]) <= 1e-5
+        out = net(x, cases["labels"].to(device))
+        score = ScoreSDEBackbone(net, VPSDE(0.1, 20.0, 1000))(x, cases["t"].to(device))
+    assert rel_err(out.cpu(), cases["net_out"]) <= 1e-5
+    assert rel_err(score.cpu(), cases["score"]) <= 1e-5
 
 
 def test_deep_cifar10_keys_order_shapes_and_size_match_official() -> None:
@@ -107,10 +108,10 @@ def test_fourier_ddpm_variant_round_trips_with_fixed_projection(tmp_path: Path) 
         assert torch.equal(loaded(x, sigma), net(x, sigma))
 
 
-def test_eval_is_deterministic_and_train_uses_dropout() -> None:
+def test_eval_is_deterministic_and_train_uses_dropout(device: torch.device) -> None:
     net = NCSNpp(tiny_config(num_res_blocks=1, dropout=0.5, init_scale=1.0),
-                 generator=torch.Generator().manual_seed(2))
-    x, labels = torch.randn(1, 3, 32, 32), torch.tensor([300.0])
+                 generator=torch.Generator().manual_seed(2)).to(device)
+    x, labels = torch.randn(1, 3, 32, 32).to(device), torch.tensor([300.0], device=device)
     with torch.inference_mode():
         net.eval()
         assert torch.equal(net(x, labels), net(x, labels))
@@ -118,10 +119,10 @@ def test_eval_is_deterministic_and_train_uses_dropout() -> None:
         assert not torch.equal(net(x, labels), net(x, labels))
 
 
-def test_gradients_reach_the_input() -> None:
-    net = NCSNpp(tiny_config(num_res_blocks=1, init_scale=1.0), generator=torch.Generator().manual_seed(3))
-    x = torch.randn(2, 3, 32, 32, requires_grad=True)
-    net.eval()(x, torch.tensor([10.0, 900.0])).square().sum().backward()
+def test_gradients_reach_the_input(device: torch.device) -> None:
+    net = NCSNpp(tiny_config(num_res_blocks=1, init_scale=1.0), generator=torch.Generator().manual_seed(3)).to(device)
+    x = torch.randn(2, 3, 32, 32).to(device).requires_grad_(True)
+    net.eval()(x, torch.tensor([10.0, 900.0], device=device)).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
@@ -218,18 +219,18 @@ def test_unsupported_literal_fails_when_built_in_python() -> None:
         NCSNppConfig(progressive="residual")
 
 
-def test_fir_resampling_keeps_constants_and_halves_or_doubles_size() -> None:
-    x = torch.full((1, 2, 8, 8), 3.0)
+def test_fir_resampling_keeps_constants_and_halves_or_doubles_size(device: torch.device) -> None:
+    x = torch.full((1, 2, 8, 8), 3.0, device=device)
     up, down = fir.upsample_2d(x, (1, 3, 3, 1)), fir.downsample_2d(x, (1, 3, 3, 1))
     assert up.shape == (1, 2, 16, 16) and down.shape == (1, 2, 4, 4)
     assert torch.allclose(up[..., 2:-2, 2:-2], x.new_tensor(3.0))
     assert torch.allclose(down[..., 1:-1, 1:-1], x.new_tensor(3.0))
 
 
-def test_fir_upsampling_of_an_impulse_is_the_scaled_kernel() -> None:
-    x = torch.zeros(1, 1, 4, 4)
+def test_fir_upsampling_of_an_impulse_is_the_scaled_kernel(device: torch.device) -> None:
+    x = torch.zeros(1, 1, 4, 4, device=device)
     x[0, 0, 1, 1] = 1.0
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
     kernel = torch.outer(taps, taps) / 64 * 4
-    up = fir.upsample_2d(x, (1, 3, 3, 1))[0, 0]
+    up = fir.upsample_2d(x, (1, 3, 3, 1))[0, 0].cpu()
     assert torch.allclose(up[1:5, 1:5], kernel) and torch.isclose(up.sum(), torch.tensor(4.0))

@@ -67,5 +67,5 @@ def test_eval_run_applies_the_configured_precision_and_states_it(tmp_path, torch
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["eval"]["precision"] == "tf32"
     assert summary["numerics"]["precision"] == "tf32" and summary["numerics"]["cuda_matmul_allow_tf32"]
-    assert "Numerics: reduced precision (TF32 allowed, autocast off)." in (run_dir / "summary.md").read_text()
+    assert "numerics: reduced precision (TF32 allowed, autocast off)." in (run_dir / "summary.md").read_text()
     assert not torch.backends.cuda.matmul.allow_tf32  # the run's setting does not leak out of it

@@ -26,7 +26,7 @@ def test_time_grid_rejects_bad_settings(t_star, dt):
 
 
 @pytest.mark.parametrize("solver", [solve_exact, solve_torchsde])
-def test_reverse_sde_recovers_gaussian_data(solver):
+def test_reverse_sde_recovers_gaussian_data(solver, device):
     """Samples of the forward marginal at t* purified with the exact score are N(mu, sigma0^2) again."""
     mu, sigma0, t_star = 0.3, 0.2, 0.5
     backbone = gaussian_backbone(mu, sigma0)
@@ -36,9 +36,9 @@ def test_reverse_sde_recovers_gaussian_data(solver):
     x0 = mu + sigma0 * torch.randn(n, 1, 1, 1, generator=gen, dtype=torch.float64)
     alpha = float(sde.marginal_mean_coeff(torch.tensor(t_star)))
     std = float(sde.marginal_std(torch.tensor(t_star)))
-    x_t = alpha * x0 + std * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    x_t = (alpha * x0 + std * torch.randn(x0.shape, generator=gen, dtype=torch.float64)).to(device)
     grid = TimeGrid.reverse(t_star, 2e-3)
-    z = torch.randn((grid.n_steps, *x_t.shape), generator=gen, dtype=torch.float64)
+    z = torch.randn((grid.n_steps, *x_t.shape), generator=gen, dtype=torch.float64).to(device)
     with torch.no_grad():
         out = solver(sde, backbone, x_t, grid, z)
     mean_err = 4 * sigma0 / math.sqrt(n)
@@ -49,25 +49,25 @@ def test_reverse_sde_recovers_gaussian_data(solver):
     assert x_t.var().item() > 3 * sigma0**2
 
 
-def test_backends_agree_on_gaussian_score():
+def test_backends_agree_on_gaussian_score(device):
     backbone = gaussian_backbone()
     grid = TimeGrid.reverse(0.1, 1e-3)
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 1, 4, 4, generator=gen) * 2 - 1
-    z = torch.randn((grid.n_steps, *x.shape), generator=gen)
+    x = (torch.rand(3, 1, 4, 4, generator=gen) * 2 - 1).to(device)
+    z = torch.randn((grid.n_steps, *x.shape), generator=gen).to(device)
     with torch.no_grad():
         a = solve_exact(backbone.sde, backbone, x, grid, z)
         b = solve_torchsde(backbone.sde, backbone, x, grid, z)
     assert torch.allclose(a, b, atol=1e-5, rtol=0)
 
 
-def test_checkpointed_gradient_equals_plain_backprop():
+def test_checkpointed_gradient_equals_plain_backprop(device):
     backbone = gaussian_backbone()
     grid = TimeGrid.reverse(0.05, 1e-2)
     gen = torch.Generator().manual_seed(2)
-    x = (torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_(True)
-    z = torch.randn((grid.n_steps, *x.shape), generator=gen, dtype=torch.float64)
-    w = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    x = (torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64) * 2 - 1).to(device).requires_grad_(True)
+    z = torch.randn((grid.n_steps, *x.shape), generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
     (g_ckpt,) = torch.autograd.grad((solve_exact(backbone.sde, backbone, x, grid, z) * w).sum(), x)
     (g_plain,) = torch.autograd.grad((solve_exact(backbone.sde, backbone, x, grid, z, checkpoint=False) * w).sum(), x)
     assert torch.allclose(g_ckpt, g_plain, atol=1e-12)

@@ -91,21 +91,21 @@ def _toy_purifier(name: str) -> DiffusionPurifier:
 
 
 @pytest.mark.parametrize("name", ["reverse_only", "diffpure"])
-def test_diffattack_loss_gradient_matches_finite_differences(name):
+def test_diffattack_loss_gradient_matches_finite_differences(name, device):
     torch.manual_seed(0)
     purifier = _toy_purifier(name)
-    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double())
+    model = DefendedClassifier(purifier, TinyClassifier(4, seed=1).double()).to(device)
     attack = build_attack("diffattack", {"eot_samples": 2, "dev_weight": 50.0, "random_start": False})
     gen = torch.Generator().manual_seed(3)
-    x = (0.3 + 0.4 * torch.rand(2, 1, 2, 2, generator=gen)).double()
-    y = torch.tensor([0, 2])
+    x = (0.3 + 0.4 * torch.rand(2, 1, 2, 2, generator=gen)).double().to(device)
+    y = torch.tensor([0, 2], device=device)
     objective = attack.objective(model, x)
     seeds = torch.tensor([11, 12, 13, 14])
-    x_adv = (x + 0.02 * torch.rand(x.shape, generator=gen, dtype=torch.float64)).repeat(2, 1, 1, 1)
+    x_adv = (x + 0.02 * torch.rand(x.shape, generator=gen, dtype=torch.float64).to(device)).repeat(2, 1, 1, 1)
     point = x_adv.clone().requires_grad_(True)
     loss, _ = objective(point, y.repeat(2), seeds)
     (grad,) = torch.autograd.grad(loss.sum(), point)
-    direction = torch.randn(x_adv.shape, generator=gen, dtype=torch.float64)
+    direction = torch.randn(x_adv.shape, generator=gen, dtype=torch.float64).to(device)
     h = 1e-5
     fd = (objective(x_adv + h * direction, y.repeat(2), seeds)[0].sum()
           - objective(x_adv - h * direction, y.repeat(2), seeds)[0].sum()) / (2 * h)
@@ -116,7 +116,7 @@ def test_diffattack_loss_gradient_matches_finite_differences(name):
     assert (grad - grad_ce).norm() > 0.1 * grad_ce.norm()
     clean_dev = purifier.purify_tapped(x, seeds[:2], deviation_tap(reference_states(purifier, x, seeds[:2]),
                                                                    step_weights(purifier, "variance")))[1]
-    assert torch.allclose(clean_dev, torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(clean_dev, torch.zeros(2, dtype=torch.float64, device=device))
 
 
 def test_tapped_solver_equals_the_unrolled_sum_and_its_gradient():

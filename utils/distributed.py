@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils.devices import resolve_device
+
 # a rank that finishes early waits at the final barrier for the slowest one; attack batches can take hours
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
 
@@ -26,18 +28,22 @@ class Shard:
         return self.world_size > 1
 
 
-def start_shard() -> Shard:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and init torch.distributed (nccl on GPU, gloo on CPU)."""
+def start_shard(device_spec: str = "auto") -> Shard:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, pick the device (utils.devices.resolve_device: 'auto' and
+    'cuda' give rank r the GPU LOCAL_RANK) and init torch.distributed (nccl on GPU, gloo on CPU).
+
+    Several GPUs: one process per GPU under torchrun, each with its own batches, generators and result file
+    (DataParallel is not used).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = resolve_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world_size > 1:
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
-                                timeout=BARRIER_TIMEOUT)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                timeout=BARRIER_TIMEOUT, **({"device_id": device} if device.type == "cuda" else {}))
     return Shard(rank, world_size, device)
 
 

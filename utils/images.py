@@ -1,8 +1,15 @@
 """The one place where images move between [0, 1] (classifiers, attacks) and [-1, 1] (diffusion)."""
 from __future__ import annotations
 
+import contextvars
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
+
+_IN_RANGE = contextvars.ContextVar("images_in_range", default=False)
 
 
 def to_diffusion_space(x01: torch.Tensor) -> torch.Tensor:
@@ -16,7 +23,7 @@ def to_image_space(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_images(x: torch.Tensor, channels: int | None = None) -> None:
-    """Raise a one-line ValueError unless x is a finite float (B, C, H, W) batch in [0, 1]."""
+    """Raise a one-line ValueError unless x is a finite float (B, C, H, W) batch in [0, 1] (values: one host sync)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"expected a float tensor of images, got {type(x).__name__} "
                          f"{getattr(x, 'dtype', '')}; convert with .float()")
@@ -27,13 +34,26 @@ def check_images(x: torch.Tensor, channels: int | None = None) -> None:
         raise ValueError(f"expected a non-empty batch of images, got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"expected {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    x = x.detach()
-    if not torch.isfinite(x).all():
+    if _IN_RANGE.get():
+        return
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("images contain NaN or inf; check the input pipeline")
-    lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"images must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]; "
                          "undo any normalisation before the defense")
+
+
+@contextmanager
+def iterates_in_range() -> Iterator[None]:
+    """Within the block check_images checks type and shape only, not the values (one host sync per call): for an
+    attack's iterates, in [0, 1] by construction (projected and clipped each step); the attack checks its input and
+    its result."""
+    token = _IN_RANGE.set(True)
+    try:
+        yield
+    finally:
+        _IN_RANGE.reset(token)
 
 
 def refuse_inference_mode(reason: str) -> None:

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from utils.devices import to_device
+
 SEED_BITS = 62  # derived seeds lie in [0, 2^62): non-negative int64, accepted by torch.Generator.manual_seed
 _MASK64 = (1 << 64) - 1
 ATTACK_SEED_BITS = 31  # an attack's run seed is < 2^31, accepted by every library's seeding
@@ -60,6 +62,7 @@ def per_row(seeds: torch.Tensor, draw: Callable[[torch.Generator], torch.Tensor]
             device: torch.device | str = "cpu") -> torch.Tensor:
     """Stack draw(generator_b) over rows, generator_b a CPU torch.Generator seeded with seeds[b] only: (B, ...).
 
-    Row b depends on seeds[b] alone, so a batch's noise never depends on the batch size or the other rows.
+    Row b depends on seeds[b] alone, so a batch's noise never depends on the batch size, the other rows or the
+    device (drawn on the host, then copied to a GPU through pinned memory without blocking: utils.devices.to_device).
     """
-    return torch.stack([draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]).to(device)
+    return to_device(torch.stack([draw(torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]), device)
