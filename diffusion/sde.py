@@ -60,6 +60,15 @@ class VPSDE:
         t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
         return _per_sample(self.marginal_mean_coeff(t), x0) * x0, _per_sample(self.marginal_std(t), x0)
 
+    def edm_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """EDM's noise level sigma(t) = sigma_t / alpha_t: x_t / alpha_t = x_0 + sigma n (Karras et al. 2022, eq. 4)."""
+        return self.marginal_std(t) / self.marginal_mean_coeff(t)
+
+    def edm_sigma_to_time(self, sigma: torch.Tensor) -> torch.Tensor:
+        """VP time t with sigma_t / alpha_t = sigma: solve 1/4 (b1 - b0) t^2 + 1/2 b0 t = 1/2 log(1 + sigma^2)."""
+        a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+        return (-b + torch.sqrt(b * b + 2.0 * a * torch.log1p(sigma**2))) / (2.0 * a)
+
     def reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """Drift of the reverse-time SDE in diffusion time: f(x, t) - g(t)^2 score (Anderson 1982)."""
         beta = _per_sample(self.beta(torch.as_tensor(t, dtype=x.dtype, device=x.device)), x)

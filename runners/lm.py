@@ -32,7 +32,7 @@ from runners.guidance import LABEL_RULES, LabelMode, log_prob_gradient
 from runners.noise import NoiseSource, per_row_normal
 from runners.purifiers import Purifier
 from diffusion.backbone import VPBackbone
-from diffusion.sde import VPSDE, _per_sample
+from diffusion.sde import _per_sample
 from utils.config import require
 from utils.images import check_images, refuse_inference_mode, to_diffusion_space, to_image_space
 from utils.registry import Registry
@@ -94,19 +94,13 @@ def resolve_lm_config(config: LMConfig) -> LMConfig:
     return dataclasses.replace(config, guidance_scale=config.scale)
 
 
-def sigma_to_time(sde: VPSDE, sigma: torch.Tensor) -> torch.Tensor:
-    """VP time t with sigma_t / alpha_t = sigma: solve 1/4 (b1 - b0) t^2 + 1/2 b0 t = 1/2 log(1 + sigma^2)."""
-    a, b = 0.25 * (sde.beta_max - sde.beta_min), 0.5 * sde.beta_min
-    return (-b + torch.sqrt(b * b + 2.0 * a * torch.log1p(sigma**2))) / (2.0 * a)
-
-
 def diffusion_loss(backbone: VPBackbone, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """J per row (B,): mean over the K samples of sigma^2 ||eps_theta(alpha_t x + sigma_t eps, t) - eps||^2.
 
     x (B, C, H, W) in [-1, 1]; sigma (K, B) EDM noise levels; eps (K, B, C, H, W) standard normal.
     """
     k, b = sigma.shape
-    t = sigma_to_time(backbone.sde, sigma.reshape(-1).to(x.dtype))
+    t = backbone.sde.edm_sigma_to_time(sigma.reshape(-1).to(x.dtype))
     x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
     noise = eps.reshape(k * b, *x.shape[1:])
     x_t = _per_sample(backbone.sde.marginal_mean_coeff(t), x_rep) * x_rep + _per_sample(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from guided_diffusion import GuidedDiffusionBackbone, UNetConfig, load_unet
 from guided_diffusion.schedules import IMPROVED_CIFAR10_SCHEDULE, DiscreteSchedule
 from runners.defended import PURIFIERS, parse_purifier_config
-from runners.lm import LikelihoodMaximizationPurifier, LMConfig, adam_update, diffusion_loss, sigma_to_time
+from runners.lm import LikelihoodMaximizationPurifier, LMConfig, adam_update, diffusion_loss
 from diffusion.sde import VPSDE
 from score_sde import ScoreSDEBackbone, load_score_model
 from tests.test_ncsnpp import tiny_config as tiny_ncsnpp_config
@@ -53,7 +53,7 @@ def tiny_improved_diffusion() -> GuidedDiffusionBackbone:
 def test_sigma_to_time_inverts_the_vp_noise_to_signal_ratio(device):
     sde = VPSDE()
     sigma = torch.tensor([0.05, 0.4, 0.6, 3.0], dtype=torch.float64, device=device)
-    t = sigma_to_time(sde, sigma)
+    t = sde.edm_sigma_to_time(sigma)
     ratio = sde.marginal_std(t) / sde.marginal_mean_coeff(t)
     assert torch.allclose(ratio, sigma, rtol=1e-9, atol=0)
 
@@ -102,7 +102,7 @@ def test_gaussian_lm_gradient_matches_the_closed_form_in_expectation(device):
     sigma, eps = purifier.draw_noise(x01, torch.tensor([8, 9]))
     grad = purifier.objective_gradient(2 * x01 - 1, sigma[0], eps[0], None)
     sde = purifier.backbone.sde
-    t = sigma_to_time(sde, torch.tensor(level, dtype=torch.float64, device=device))
+    t = sde.edm_sigma_to_time(torch.tensor(level, dtype=torch.float64, device=device))
     alpha, std = sde.marginal_mean_coeff(t), sde.marginal_std(t)
     c = std / (alpha**2 * s0**2 + std**2)
     expected = 2 * level**2 * c**2 * alpha**2 * (2 * x01 - 1 - MU)
