@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddpm.unet import DDPMUNet, DDPMUNetConfig
-from guided_diffusion.adapter import GuidedDiffusionBackbone, load_strict
+from guided_diffusion.adapter import GuidedDiffusionBackbone
+from utils.checkpoints import load_strict
 from guided_diffusion.schedules import DiscreteSchedule, ScheduleConfig
 from diffusion.sde import VPSDE
 

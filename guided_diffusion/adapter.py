@@ -13,7 +13,7 @@ from guided_diffusion.schedules import (ADM_IMAGENET256_SCHEDULE, IMPROVED_CIFAR
 from guided_diffusion.unet import UNetConfig, UNetModel
 from diffusion.backbone import VPBackbone
 from diffusion.sde import VPSDE
-from utils.checkpoints import CheckpointError, describe_mismatch, read_checkpoint, tensor_dict
+from utils.checkpoints import load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +119,6 @@ def load_unet(config: UNetConfig, path: str | Path) -> UNetModel:
     path = Path(path)
     return load_strict(UNetModel(config), path, _checkpoint_hint(path),
                        "model_channels, channel_mult, num_res_blocks, attention_resolutions and resblock_updown")
-
-
-def load_strict(net: nn.Module, path: Path, missing_hint: str, options: str) -> nn.Module:
-    """net in eval mode with the plain state_dict at `path` loaded strictly; one-line errors name `options`."""
-    state = tensor_dict(read_checkpoint(path, missing_hint), path, "the file (a plain state_dict)")
-    mismatch = describe_mismatch(net.state_dict(), state)
-    if mismatch:
-        raise CheckpointError(f"{path} does not match the UNet config: {mismatch}; check {options}")
-    net.load_state_dict(state, strict=True)
-    logger.info("loaded %s (%d parameters)", path, sum(p.numel() for p in net.parameters()))
-    return net.eval()
 
 
 def load_backbone(config: GuidedDiffusionConfig, path: str | Path, sde: VPSDE) -> GuidedDiffusionBackbone:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ddpm import DDPMConfig, load_ddpm_backbone
+from edm import SongUNetConfig, load_edm_backbone
 from guided_diffusion import GuidedDiffusionConfig, load_backbone
 from diffusion.sde import VPSDE
 from score_sde import NCSNppConfig, ScoreSDEBackbone, load_score_model
@@ -57,6 +58,7 @@ BACKBONES.register("score_sde")(BackboneSpec(
     NCSNppConfig, lambda model, path, sde: ScoreSDEBackbone(load_score_model(model, path), sde)))
 BACKBONES.register("guided_diffusion")(BackboneSpec(GuidedDiffusionConfig, load_backbone))
 BACKBONES.register("ddpm")(BackboneSpec(DDPMConfig, load_ddpm_backbone))
+BACKBONES.register("edm")(BackboneSpec(SongUNetConfig, load_edm_backbone))
 BACKBONES.register("gaussian")(BackboneSpec(
     GaussianModelConfig, lambda model, path, sde: GaussianBackbone(sde, model.mu, model.sigma0),
     needs_checkpoint=False))

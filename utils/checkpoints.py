@@ -2,15 +2,18 @@
 atomic writes."""
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from utils.files import atomic_write
 
+logger = logging.getLogger(__name__)
 _SHOWN = 5
 # weights-only refusals of a callable or class (code on load), as opposed to a garbled byte stream
 _UNSAFE = re.compile(r"global|reduce|allowlist|instantiate|unsupported class", re.IGNORECASE)
@@ -84,6 +87,17 @@ def truncate(items: list[str]) -> str:
     """At most a few items, then '(+N more)'."""
     shown = "[" + ", ".join(items[:_SHOWN]) + "]"
     return shown + (f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
+
+
+def load_strict(net: nn.Module, path: Path, missing_hint: str, options: str) -> nn.Module:
+    """net in eval mode with the plain state_dict at `path` loaded strictly; one-line errors name `options`."""
+    state = tensor_dict(read_checkpoint(path, missing_hint), path, "the file (a plain state_dict)")
+    mismatch = describe_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not match the network config: {mismatch}; check {options}")
+    net.load_state_dict(state, strict=True)
+    logger.info("loaded %s (%d parameters)", path, sum(p.numel() for p in net.parameters()))
+    return net.eval()
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
