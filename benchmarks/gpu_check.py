@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -57,7 +58,7 @@ DEMO_TOLERANCE = 1e-3  # relative, on the float fields of the demo's per-image r
 WALL_TIME_FIELDS = ("written_at", "seconds")  # record fields that differ between any two computations
 DEMO_ARGS = ["--config", str(CONFIGS / "demo.yml"), "--set", "data.num_sub=4", "--set", "eval.adv_batch_size=4",
              "--set", "eval.save_examples=0", "--set", "attacks.0.iterations=1", "--set", "attacks.0.eot_samples=1",
-             "--set", "attacks.0.eval_samples=2", "--fresh"]
+             "--set", "attacks.0.eval_samples=2"]
 TINY_DEMO_ARGS = ["--set", "purifier.dt=0.05"]  # tiny mode: 2 reverse steps instead of the demo's 10
 METHODS = ("coup", "diffpure")
 
@@ -108,8 +109,10 @@ def device_args(device: torch.device) -> list[str]:
 
 
 def demo_run(check: Check, device: torch.device, folder: Path) -> Path:
-    """eval_sde_adv on the demo config (4 images, one PGD step) on `device` into folder; the run folder. Its summary
-    (printed to stdout) goes to the debug log: this script's output is its own table."""
+    """eval_sde_adv on the demo config (4 images, one PGD step) on `device` into folder, emptied first (a run folder
+    resumes only under the code that started it); the run folder. Its summary (printed to stdout) goes to the debug
+    log: this script's output is its own table."""
+    shutil.rmtree(folder, ignore_errors=True)
     extra = [*(["--set", f"data.data_dir={check.fmnist_dir}"] if check.fmnist_dir else []),
              *(TINY_DEMO_ARGS if check.tiny else [])]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -294,7 +297,7 @@ def correctness_rows(section: dict) -> Iterator[tuple[str, str]]:
     text = (cell_value(demo, "n_mismatches", f" mismatches of {demo.get('images')} images, max rel diff "
                        f"{fmt(demo.get('max_rel_diff'))}") + ("" if "pass" not in demo else
                                                              " (pass)" if demo["pass"] else " (FAIL)"))
-    yield f"demo {demo.get('devices', {}).get('device', '')} vs cpu", text
+    yield "demo evaluation: device vs cpu", text
 
 
 def throughput_rows(section: dict) -> Iterator[tuple[str, str]]:
