@@ -10,7 +10,7 @@ from classifiers.wide_resnet import wide_resnet
 from evaluation.results import config_hash
 from runners.defended import DefendedClassifier
 from runners.purifiers import DiffusionPurifier, PurifierConfig
-from tests.test_sync import tiny_ncsnpp
+from tests.test_lm import tiny_ncsnpp
 from utils.config import ConfigError
 
 STEPS = 4

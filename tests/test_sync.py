@@ -20,12 +20,7 @@ from attacks.pgd import PGDEOT
 from classifiers.wide_resnet import wide_resnet
 from runners.defended import DefendedClassifier
 from runners.purifiers import DiffusionPurifier, PurifierConfig
-from score_sde import load_score_model
-from score_sde.adapter import ScoreSDEBackbone
-from diffusion.sde import VPSDE
-from tests.test_guided_diffusion import DATA
-from tests.test_lm import tiny_improved_diffusion
-from tests.test_ncsnpp import tiny_config
+from tests.test_lm import tiny_improved_diffusion, tiny_ncsnpp
 from utils.images import iterates_in_range
 
 # (owner, attribute): the ways host code reads a tensor's data
@@ -65,12 +60,6 @@ def no_host_sync(monkeypatch: pytest.MonkeyPatch, device: torch.device) -> Itera
         if debug:
             torch.cuda.set_sync_debug_mode("default")
         monkeypatch.undo()
-
-
-def tiny_ncsnpp() -> ScoreSDEBackbone:
-    """The reference tiny NCSN++ as a VP backbone."""
-    net = load_score_model(tiny_config(), DATA / "ncsnpp_tiny" / "checkpoint.pth")
-    return ScoreSDEBackbone(net, VPSDE()).eval()
 
 
 def defended(backbone, device: torch.device, **fields) -> DefendedClassifier:
